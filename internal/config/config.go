@@ -1,0 +1,151 @@
+// Package config reads a node's settings from the environment.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+)
+
+// Config is every HUB_ setting. The README lists them all.
+type Config struct {
+	Addr            string        `env:"HUB_ADDR" envDefault:":8080"`
+	RedisURL        string        `env:"HUB_REDIS_URL"`
+	RedisPrefix     string        `env:"HUB_REDIS_PREFIX" envDefault:"hub:"`
+	NodeID          string        `env:"HUB_NODE_ID"`
+	AllowedOrigins  []string      `env:"HUB_ALLOWED_ORIGINS" envSeparator:","`
+	MaxMessageBytes int64         `env:"HUB_MAX_MESSAGE_BYTES" envDefault:"65536"`
+	SendQueue       int           `env:"HUB_SEND_QUEUE" envDefault:"256"`
+	DrainTimeout    time.Duration `env:"HUB_DRAIN_TIMEOUT" envDefault:"25s"`
+	APIKey          string        `env:"HUB_API_KEY"`
+	LogLevel        string        `env:"HUB_LOG_LEVEL" envDefault:"info"`
+	LogFormat       string        `env:"HUB_LOG_FORMAT" envDefault:"json"`
+	WriteTimeout    time.Duration `env:"HUB_WRITE_TIMEOUT" envDefault:"10s"`
+	PingInterval    time.Duration `env:"HUB_PING_INTERVAL" envDefault:"25s"`
+}
+
+// Load parses environ ("KEY=value" pairs, as os.Environ gives) into a Config.
+// An error names the variable at fault.
+func Load(environ []string) (Config, error) {
+	vars := make(map[string]string, len(environ))
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			vars[k] = v
+		}
+	}
+	var c Config
+	if err := env.ParseWithOptions(&c, env.Options{Environment: vars}); err != nil {
+		return Config{}, nameVariables(err)
+	}
+	if c.NodeID == "" {
+		h, err := os.Hostname()
+		if err != nil || h == "" {
+			h = "node"
+		}
+		c.NodeID = h
+	}
+	if err := c.validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	bad := func(name, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("config: %s: %s", name, fmt.Sprintf(format, args...)))
+	}
+	if _, port, err := net.SplitHostPort(c.Addr); err != nil {
+		bad("HUB_ADDR", "%q is not a host:port listen address (e.g. :8080 or 127.0.0.1:8080)", c.Addr)
+	} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		bad("HUB_ADDR", "%q has no valid port number", c.Addr)
+	}
+	if c.RedisURL != "" {
+		u, err := url.Parse(c.RedisURL)
+		if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
+			bad("HUB_REDIS_URL", "want redis://host:port or rediss://host:port")
+		}
+	}
+	if c.RedisPrefix == "" {
+		bad("HUB_REDIS_PREFIX", "must not be empty")
+	}
+	if strings.ContainsAny(c.NodeID, "\n\r") || len(c.NodeID) > 255 {
+		bad("HUB_NODE_ID", "must be at most 255 characters on one line")
+	}
+	if c.MaxMessageBytes < 128 || c.MaxMessageBytes > 64<<20 {
+		bad("HUB_MAX_MESSAGE_BYTES", "%d is outside 128..67108864", c.MaxMessageBytes)
+	}
+	if c.SendQueue < 1 || c.SendQueue > 1<<20 {
+		bad("HUB_SEND_QUEUE", "%d is outside 1..1048576", c.SendQueue)
+	}
+	if c.DrainTimeout <= 0 {
+		bad("HUB_DRAIN_TIMEOUT", "must be positive, e.g. 25s")
+	}
+	if c.WriteTimeout <= 0 {
+		bad("HUB_WRITE_TIMEOUT", "must be positive, e.g. 10s")
+	}
+	if c.PingInterval < 0 {
+		bad("HUB_PING_INTERVAL", "must be 0 (off) or positive, e.g. 25s")
+	}
+	if _, err := c.Level(); err != nil {
+		bad("HUB_LOG_LEVEL", "%q is not one of debug, info, warn, error", c.LogLevel)
+	}
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		bad("HUB_LOG_FORMAT", "%q is not json or text", c.LogFormat)
+	}
+	for _, o := range c.AllowedOrigins {
+		if strings.TrimSpace(o) == "" {
+			bad("HUB_ALLOWED_ORIGINS", "has an empty pattern")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Level is HUB_LOG_LEVEL as a slog level.
+func (c *Config) Level() (slog.Level, error) {
+	var l slog.Level
+	err := l.UnmarshalText([]byte(c.LogLevel))
+	return l, err
+}
+
+// RedactedRedisURL is HUB_REDIS_URL without its password, fit for logs.
+func (c *Config) RedactedRedisURL() string {
+	u, err := url.Parse(c.RedisURL)
+	if err != nil {
+		return ""
+	}
+	return u.Redacted()
+}
+
+// nameVariables rewrites env's parse errors, which name struct fields, to name
+// the environment variables instead.
+func nameVariables(err error) error {
+	var agg env.AggregateError
+	if !errors.As(err, &agg) {
+		return fmt.Errorf("config: %w", err)
+	}
+	t := reflect.TypeFor[Config]()
+	var errs []error
+	for _, e := range agg.Errors {
+		var pe env.ParseError
+		if errors.As(e, &pe) {
+			name := pe.Name
+			if f, ok := t.FieldByName(pe.Name); ok {
+				name = f.Tag.Get("env")
+			}
+			errs = append(errs, fmt.Errorf("config: %s: cannot parse as %s: %w", name, pe.Type, pe.Err))
+			continue
+		}
+		errs = append(errs, fmt.Errorf("config: %w", e))
+	}
+	return errors.Join(errs...)
+}

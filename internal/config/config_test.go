@@ -1,0 +1,71 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaults(t *testing.T) {
+	c, err := Load(nil)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if c.Addr != ":8080" || c.MaxMessageBytes != 65536 || c.SendQueue != 256 || c.DrainTimeout != 25*time.Second ||
+		c.LogLevel != "info" || c.LogFormat != "json" || c.RedisURL != "" || c.RedisPrefix != "hub:" || c.NodeID == "" {
+		t.Errorf("got %+v, want the DESIGN.md defaults", c)
+	}
+}
+
+func TestValues(t *testing.T) {
+	c, err := Load([]string{
+		"HUB_ADDR=127.0.0.1:9000", "HUB_REDIS_URL=rediss://u:secret@127.0.0.1:6380/0", "HUB_NODE_ID=n1",
+		"HUB_ALLOWED_ORIGINS=example.com,*.example.org", "HUB_MAX_MESSAGE_BYTES=1024", "HUB_SEND_QUEUE=8",
+		"HUB_DRAIN_TIMEOUT=3s", "HUB_API_KEY=k", "HUB_LOG_LEVEL=debug", "HUB_LOG_FORMAT=text", "UNRELATED=x",
+	})
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if c.Addr != "127.0.0.1:9000" || c.NodeID != "n1" || len(c.AllowedOrigins) != 2 || c.MaxMessageBytes != 1024 ||
+		c.SendQueue != 8 || c.DrainTimeout != 3*time.Second || c.APIKey != "k" || c.LogFormat != "text" {
+		t.Errorf("got %+v", c)
+	}
+	if got := c.RedactedRedisURL(); strings.Contains(got, "secret") {
+		t.Errorf("RedactedRedisURL: got %q, which holds the password", got)
+	}
+}
+
+func TestBadValuesNameTheVariable(t *testing.T) {
+	tests := []struct{ env, wantVar string }{
+		{"HUB_MAX_MESSAGE_BYTES=abc", "HUB_MAX_MESSAGE_BYTES"},
+		{"HUB_MAX_MESSAGE_BYTES=10", "HUB_MAX_MESSAGE_BYTES"},
+		{"HUB_ADDR=nonsense", "HUB_ADDR"},
+		{"HUB_ADDR=:99999", "HUB_ADDR"},
+		{"HUB_SEND_QUEUE=-1", "HUB_SEND_QUEUE"},
+		{"HUB_SEND_QUEUE=lots", "HUB_SEND_QUEUE"},
+		{"HUB_DRAIN_TIMEOUT=soon", "HUB_DRAIN_TIMEOUT"},
+		{"HUB_DRAIN_TIMEOUT=0s", "HUB_DRAIN_TIMEOUT"},
+		{"HUB_LOG_LEVEL=loud", "HUB_LOG_LEVEL"},
+		{"HUB_LOG_FORMAT=xml", "HUB_LOG_FORMAT"},
+		{"HUB_REDIS_URL=http://127.0.0.1", "HUB_REDIS_URL"},
+		{"HUB_PING_INTERVAL=-1s", "HUB_PING_INTERVAL"},
+		{"HUB_ALLOWED_ORIGINS=a,,b", "HUB_ALLOWED_ORIGINS"},
+	}
+	for _, tt := range tests {
+		_, err := Load([]string{tt.env})
+		if err == nil {
+			t.Errorf("Load(%s): got nil error", tt.env)
+			continue
+		}
+		if !strings.Contains(err.Error(), tt.wantVar) {
+			t.Errorf("Load(%s): got %q, want it to name %s", tt.env, err, tt.wantVar)
+		}
+	}
+}
+
+func TestRedisPasswordNeverInErrors(t *testing.T) {
+	_, err := Load([]string{"HUB_REDIS_URL=http://u:hunter2@127.0.0.1"})
+	if err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("got %v, want an error without the password", err)
+	}
+}

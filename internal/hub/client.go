@@ -1,0 +1,315 @@
+package hub
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/coder/websocket"
+	"github.com/hubcluster/hubcluster/internal/wire"
+)
+
+// Client is one WebSocket connection served by the hub.
+//
+// An idle client owns no goroutine but the one running Serve (its read loop):
+// a writer goroutine exists only while messages are queued, and keepalive is a
+// timer that starts a short-lived goroutine to ping.
+type Client struct {
+	hub  *Hub
+	conn *websocket.Conn
+
+	rooms []*room // guarded by hub.mu
+
+	mu      sync.Mutex // guards the fields below
+	queue   [][]byte   // frames waiting to be written
+	spare   [][]byte   // the writer's last batch, kept for reuse
+	writing bool       // a writer goroutine is running
+	closing bool       // no more frames are queued
+	broken  bool       // the writer stopped: the connection failed or is cut
+	code    websocket.StatusCode
+	pinger  *time.Timer
+	wg      sync.WaitGroup // writer, pinger and closer goroutines
+}
+
+// idleQueueCap is the largest queue capacity an idle client keeps.
+const idleQueueCap = 8
+
+// maxBatchBytes bounds one batched frame; a larger batch is written as several.
+const maxBatchBytes = 64 << 10
+
+// Serve serves conn until it closes, then unregisters it. A connection that
+// arrives after the hub stopped is closed with 1013. conn must come from
+// websocket.Accept; Serve owns it from here on.
+func (h *Hub) Serve(conn *websocket.Conn) {
+	conn.SetReadLimit(h.cfg.MaxMessageBytes)
+	c := &Client{hub: h, conn: conn}
+	if !h.register(c) {
+		h.metrics.closes.WithLabelValues(codeLabel(websocket.StatusTryAgainLater)).Inc()
+		conn.Close(websocket.StatusTryAgainLater, "node stopping")
+		return
+	}
+	defer h.unregister(c)
+
+	if h.cfg.PingInterval > 0 {
+		c.mu.Lock()
+		c.pinger = time.AfterFunc(h.cfg.PingInterval, c.keepalive)
+		c.mu.Unlock()
+	}
+	err := c.readLoop()
+
+	c.mu.Lock()
+	c.closing = true
+	if c.pinger != nil {
+		c.pinger.Stop()
+	}
+	code := c.code
+	c.mu.Unlock()
+	if code == 0 {
+		code = closeCodeOf(err)
+	} else {
+		c.wg.Wait() // let the hub's own close handshake finish before cutting
+	}
+	h.metrics.closes.WithLabelValues(codeLabel(code)).Inc()
+	if code == websocket.StatusAbnormalClosure || code == websocket.StatusInternalError {
+		h.log.Debug("connection lost", "err", err)
+	}
+	c.conn.CloseNow()
+	c.wg.Wait()
+}
+
+// closeCodeOf names how a read loop ended: the peer's close code, 1009 for a
+// frame over the limit, 1006 for a connection that just went away.
+func closeCodeOf(err error) websocket.StatusCode {
+	if code := websocket.CloseStatus(err); code != -1 {
+		return code
+	}
+	if errors.Is(err, websocket.ErrMessageTooBig) {
+		return websocket.StatusMessageTooBig
+	}
+	return websocket.StatusAbnormalClosure
+}
+
+var readBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// readLoop reads frames until the connection ends, and handles each object.
+func (c *Client) readLoop() error {
+	h := c.hub
+	for {
+		typ, r, err := c.conn.Reader(h.ctx)
+		if err != nil {
+			return err
+		}
+		buf := readBufs.Get().(*bytes.Buffer)
+		buf.Reset()
+		_, err = buf.ReadFrom(r)
+		if err != nil {
+			readBufs.Put(buf)
+			return err
+		}
+		err = c.handleFrame(typ, buf.Bytes())
+		if buf.Cap() <= 64<<10 {
+			readBufs.Put(buf)
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// errClosed ends a read loop after the hub closed the connection itself.
+var errClosed = errors.New("hub: connection closed by the hub")
+
+func (c *Client) handleFrame(typ websocket.MessageType, frame []byte) error {
+	if typ != websocket.MessageText {
+		c.replyError(wire.ErrorFor(nil, wire.CodeBadRequest, "binary frames are not accepted; send text"))
+		return nil
+	}
+	if !utf8.Valid(frame) {
+		c.close(websocket.StatusInvalidFramePayloadData, "frame is not valid UTF-8")
+		return errClosed
+	}
+	return wire.Split(frame, func(line []byte) error {
+		c.hub.metrics.received.Inc()
+		c.handle(line)
+		return nil
+	})
+}
+
+// handle carries out one client request and replies to it.
+func (c *Client) handle(line []byte) {
+	h := c.hub
+	req, err := wire.Decode(line)
+	if err != nil {
+		c.replyError(err.(*wire.Error))
+		return
+	}
+	switch req.Type {
+	case wire.TypeSubscribe:
+		if h.join(c, req.Room) {
+			ctx, cancel := context.WithTimeout(h.ctx, h.cfg.BrokerTimeout)
+			err := h.broker.WaitSubscribed(ctx, req.Room)
+			cancel()
+			if err != nil {
+				h.leave(c, req.Room)
+				h.log.Warn("subscription not confirmed", "room", req.Room, "err", err)
+				c.replyError(wire.ErrorFor(req.ID, wire.CodeUnavailable, "the room's subscription could not be made; retry"))
+				return
+			}
+		}
+	case wire.TypeUnsubscribe:
+		if !h.leave(c, req.Room) {
+			c.replyError(wire.ErrorFor(req.ID, wire.CodeNotSubscribed, "not subscribed to this room"))
+			return
+		}
+	case wire.TypePublish:
+		if err := h.Publish(h.ctx, req.Room, req.Data); err != nil {
+			h.log.Warn("publish failed", "room", req.Room, "err", err)
+			c.replyError(wire.ErrorFor(req.ID, wire.CodeUnavailable, "the message could not be handed to the broker; retry"))
+			return
+		}
+	}
+	if len(req.ID) > 0 {
+		c.send(wire.AppendAck(nil, req.ID))
+	}
+}
+
+func (c *Client) replyError(e *wire.Error) {
+	c.send(wire.AppendError(nil, e))
+}
+
+// send queues frame for this client and reports whether it was queued. It never
+// blocks: a full queue cuts the client off with 4000.
+func (c *Client) send(frame []byte) bool {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return false
+	}
+	if len(c.queue) >= c.hub.cfg.SendQueue {
+		c.mu.Unlock()
+		c.hub.metrics.overflows.Inc()
+		c.close(StatusSlowConsumer, "slow consumer: send queue overflowed")
+		return false
+	}
+	c.queue = append(c.queue, frame)
+	if !c.writing {
+		c.writing = true
+		c.wg.Add(1)
+		go c.writeLoop()
+	}
+	c.mu.Unlock()
+	return true
+}
+
+// close closes the connection with code and reason, once, without blocking the
+// caller: the close handshake runs in a goroutine of the client's own, and the
+// frames still queued are dropped.
+func (c *Client) close(code websocket.StatusCode, reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return // already closing, or torn down
+	}
+	c.code = code
+	c.closing = true
+	c.broken = true
+	c.queue = nil
+	c.wg.Go(func() { c.conn.Close(code, reason) })
+}
+
+// writeLoop writes what is queued, batching every frame waiting into one
+// newline-separated WebSocket frame, until the queue is empty.
+func (c *Client) writeLoop() {
+	defer c.wg.Done()
+	var batch [][]byte
+	for {
+		c.mu.Lock()
+		if batch != nil {
+			clear(batch)
+			c.spare = batch[:0]
+		}
+		if len(c.queue) == 0 || c.broken {
+			c.writing = false
+			if cap(c.queue) > idleQueueCap {
+				c.queue = nil
+			}
+			if cap(c.spare) > idleQueueCap {
+				c.spare = nil
+			}
+			c.mu.Unlock()
+			return
+		}
+		batch, c.queue, c.spare = c.queue, c.spare, nil
+		c.mu.Unlock()
+
+		if err := c.writeBatch(batch); err != nil {
+			c.mu.Lock()
+			c.broken = true
+			c.mu.Unlock()
+			c.conn.CloseNow()
+		}
+	}
+}
+
+var writeBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// writeBatch writes frames as few WebSocket frames as maxBatchBytes allows,
+// each write bounded by WriteTimeout.
+func (c *Client) writeBatch(frames [][]byte) error {
+	if len(frames) == 1 {
+		return c.write(frames[0])
+	}
+	buf := writeBufs.Get().(*bytes.Buffer)
+	defer writeBufs.Put(buf)
+	buf.Reset()
+	for _, f := range frames {
+		if buf.Len() > 0 && buf.Len()+1+len(f) > maxBatchBytes {
+			if err := c.write(buf.Bytes()); err != nil {
+				return err
+			}
+			buf.Reset()
+		}
+		if buf.Len() > 0 {
+			buf.WriteByte('\n')
+		}
+		buf.Write(f)
+	}
+	return c.write(buf.Bytes())
+}
+
+func (c *Client) write(p []byte) error {
+	ctx, cancel := context.WithTimeout(c.hub.ctx, c.hub.cfg.WriteTimeout)
+	defer cancel()
+	return c.conn.Write(ctx, websocket.MessageText, p)
+}
+
+// keepalive pings the peer; an unanswered ping cuts the connection. It runs
+// from the client's timer and re-arms it.
+func (c *Client) keepalive() {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	c.wg.Add(1)
+	c.mu.Unlock()
+	defer c.wg.Done()
+
+	h := c.hub
+	ctx, cancel := context.WithTimeout(h.ctx, h.cfg.WriteTimeout)
+	err := c.conn.Ping(ctx)
+	cancel()
+	if err != nil {
+		h.log.Debug("ping not answered", "err", err)
+		c.conn.CloseNow()
+		return
+	}
+	c.mu.Lock()
+	if !c.closing {
+		c.pinger.Reset(h.cfg.PingInterval)
+	}
+	c.mu.Unlock()
+}

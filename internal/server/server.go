@@ -1,0 +1,217 @@
+// Package server serves a node's HTTP endpoints: the WebSocket upgrade on /ws,
+// POST /v1/publish, /healthz, /readyz and /metrics.
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/hubcluster/hubcluster/internal/hub"
+	"github.com/hubcluster/hubcluster/internal/wire"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Hub is what the server needs of the local hub.
+type Hub interface {
+	Serve(conn *websocket.Conn)
+	Publish(ctx context.Context, room string, data []byte) error
+	Running() bool
+}
+
+var _ Hub = (*hub.Hub)(nil)
+
+// Config holds the server's settings.
+type Config struct {
+	// APIKey, when set, is the bearer key POST /v1/publish requires.
+	APIKey string
+	// AllowedOrigins are the origin patterns a browser may connect from, beside
+	// the server's own host.
+	AllowedOrigins []string
+	// MaxMessageBytes bounds a publish body's data.
+	MaxMessageBytes int64
+	// Ready reports whether fan-out works (the broker is reachable and its
+	// subscription alive); nil means always.
+	Ready func() error
+	// Gatherer serves /metrics; nil means the default registry.
+	Gatherer prometheus.Gatherer
+	Logger   *slog.Logger
+	// ReadHeaderTimeout bounds how long a client may take to send its request
+	// headers (default 5s).
+	ReadHeaderTimeout time.Duration
+}
+
+// Server routes the node's endpoints. Its methods may be called concurrently.
+type Server struct {
+	cfg      Config
+	hub      Hub
+	log      *slog.Logger
+	mux      *http.ServeMux
+	draining atomic.Bool
+}
+
+// New returns a Server for h.
+func New(cfg Config, h Hub) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Gatherer == nil {
+		cfg.Gatherer = prometheus.DefaultGatherer
+	}
+	if cfg.ReadHeaderTimeout <= 0 {
+		cfg.ReadHeaderTimeout = 5 * time.Second
+	}
+	s := &Server{cfg: cfg, hub: h, log: cfg.Logger.With("component", "server"), mux: http.NewServeMux()}
+	s.mux.HandleFunc("GET /ws", s.serveWS)
+	s.mux.HandleFunc("POST /v1/publish", s.servePublish)
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	s.mux.HandleFunc("GET /readyz", s.serveReady)
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+	return s
+}
+
+// ServeHTTP routes r.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// HTTPServer returns an http.Server for s with timeouts that keep a half-sent
+// request from holding a connection open.
+func (s *Server) HTTPServer() *http.Server {
+	return &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
+		MaxHeaderBytes:    16 << 10,
+		IdleTimeout:       60 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+}
+
+// SetDraining marks the node as draining: /readyz answers 503 and new
+// WebSocket upgrades are refused with 503.
+func (s *Server) SetDraining() { s.draining.Store(true) }
+
+// ready reports why the node cannot take clients, or nil.
+func (s *Server) ready() error {
+	if s.draining.Load() {
+		return errors.New("draining")
+	}
+	if !s.hub.Running() {
+		return errors.New("hub not running")
+	}
+	if s.cfg.Ready != nil {
+		if err := s.cfg.Ready(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
+	if err := s.ready(); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	if err := s.ready(); err != nil {
+		// A node that is not ready takes no new client, before any WebSocket
+		// work; the load balancer or the client's backoff sends it elsewhere.
+		writeError(w, http.StatusServiceUnavailable, wire.CodeUnavailable, "node not ready: "+err.Error())
+		return
+	}
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		OriginPatterns:  s.cfg.AllowedOrigins,
+		CompressionMode: websocket.CompressionDisabled,
+	})
+	if err != nil {
+		// Accept has written the HTTP error (403 for a foreign origin).
+		s.log.Info("upgrade refused", "remote", r.RemoteAddr, "err", err)
+		return
+	}
+	s.hub.Serve(conn)
+}
+
+type publishRequest struct {
+	Room *string         `json:"room"`
+	Data json.RawMessage `json:"data"`
+}
+
+func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.APIKey != "" && !s.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="hubcluster"`)
+		writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer key")
+		return
+	}
+	limit := s.cfg.MaxMessageBytes + 1024
+	body := http.MaxBytesReader(w, r.Body, limit)
+	var req publishRequest
+	dec := json.NewDecoder(body)
+	if err := dec.Decode(&req); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, wire.CodeTooLarge, "body is larger than the limit")
+			return
+		}
+		writeError(w, http.StatusBadRequest, wire.CodeBadRequest, "body is not a JSON object {\"room\":...,\"data\":...}")
+		return
+	}
+	if dec.More() {
+		writeError(w, http.StatusBadRequest, wire.CodeBadRequest, "body holds more than one JSON value")
+		return
+	}
+	if req.Room == nil {
+		writeError(w, http.StatusBadRequest, wire.CodeBadRoom, "missing room")
+		return
+	}
+	if err := wire.ValidateRoom(*req.Room); err != nil {
+		writeError(w, http.StatusBadRequest, wire.CodeBadRoom, err.Error())
+		return
+	}
+	if len(req.Data) == 0 {
+		writeError(w, http.StatusBadRequest, wire.CodeBadRequest, "missing data")
+		return
+	}
+	var data bytes.Buffer
+	if err := json.Compact(&data, req.Data); err != nil {
+		writeError(w, http.StatusBadRequest, wire.CodeBadRequest, "data is not valid JSON")
+		return
+	}
+	if int64(data.Len()) > s.cfg.MaxMessageBytes {
+		writeError(w, http.StatusRequestEntityTooLarge, wire.CodeTooLarge, "data is larger than the limit")
+		return
+	}
+	if err := s.hub.Publish(r.Context(), *req.Room, data.Bytes()); err != nil {
+		s.log.Warn("publish failed", "room", *req.Room, "err", err)
+		writeError(w, http.StatusServiceUnavailable, wire.CodeUnavailable, "the message could not be handed to the broker")
+		return
+	}
+	writeJSON(w, http.StatusAccepted, map[string]string{"status": "accepted"})
+}
+
+func (s *Server) authorized(r *http.Request) bool {
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.APIKey)) == 1
+}
+
+func writeError(w http.ResponseWriter, status int, code, message string) {
+	writeJSON(w, status, map[string]string{"code": code, "message": message})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}

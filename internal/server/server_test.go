@@ -1,0 +1,313 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/hubcluster/hubcluster/internal/hub"
+	"github.com/hubcluster/hubcluster/internal/pubsub"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+type node struct {
+	srv    *Server
+	hub    *hub.Hub
+	broker *pubsub.Memory
+	http   *httptest.Server
+	url    string
+	stop   func()
+}
+
+// startNode serves a hub on a real loopback socket. run says whether the hub's
+// Run is started.
+func startNode(t *testing.T, cfg Config, run bool) *node {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	broker := pubsub.NewMemory()
+	h, err := hub.New(hub.Config{NodeID: "n1", Registerer: reg}, broker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Gatherer = reg
+	cfg.Ready = broker.Ready
+	if cfg.MaxMessageBytes == 0 {
+		cfg.MaxMessageBytes = 65536
+	}
+	s := New(cfg, h)
+	ts := httptest.NewUnstartedServer(s)
+	ts.Config = s.HTTPServer()
+	ts.Start()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	if run {
+		wg.Go(func() { h.Run(ctx) })
+		for !h.Running() {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	n := &node{srv: s, hub: h, broker: broker, http: ts, url: ts.URL, stop: func() { cancel(); wg.Wait() }}
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+		if !run {
+			h.Run(ctx) // stops the hub: cuts what it still serves
+		}
+		ts.Close()
+	})
+	return n
+}
+
+func dial(t *testing.T, n *node, h http.Header) *websocket.Conn {
+	t.Helper()
+	conn, resp, err := websocket.Dial(context.Background(), "ws"+strings.TrimPrefix(n.url, "http")+"/ws", &websocket.DialOptions{HTTPHeader: h})
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		t.Fatalf("dial: %v (HTTP %d)", err, status)
+	}
+	t.Cleanup(func() { conn.CloseNow() })
+	return conn
+}
+
+func send(t *testing.T, c *websocket.Conn, s string) {
+	t.Helper()
+	if err := c.Write(context.Background(), websocket.MessageText, []byte(s)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func recv(t *testing.T, c *websocket.Conn) map[string]any {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, p, err := c.Read(ctx)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(p, &m); err != nil {
+		t.Fatalf("frame %q: %v", p, err)
+	}
+	return m
+}
+
+func postPublish(t *testing.T, n *node, key, body string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", n.url+"/v1/publish", strings.NewReader(body))
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var m map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&m); err != nil {
+		t.Fatalf("POST /v1/publish answered %d with a body that is not JSON: %v", resp.StatusCode, err)
+	}
+	return resp.StatusCode, m
+}
+
+// The issue's "done when", over real sockets: two clients in a room both get a
+// message published by one of them and one published with POST /v1/publish.
+func TestTwoClientsReceiveClientAndHTTPPublishes(t *testing.T) {
+	n := startNode(t, Config{APIKey: "k"}, true)
+	a, b := dial(t, n, nil), dial(t, n, nil)
+	for _, c := range []*websocket.Conn{a, b} {
+		send(t, c, `{"type":"subscribe","room":"lobby","id":"s"}`)
+		if m := recv(t, c); m["type"] != "ack" || m["id"] != "s" {
+			t.Fatalf("got %v, want ack s", m)
+		}
+	}
+	send(t, a, `{"type":"publish","room":"lobby","data":{"text":"hi"}}`)
+	for _, c := range []*websocket.Conn{a, b} {
+		if m := recv(t, c); m["type"] != "message" || m["room"] != "lobby" || m["data"].(map[string]any)["text"] != "hi" {
+			t.Fatalf("got %v, want the message", m)
+		}
+	}
+	if code, body := postPublish(t, n, "k", "{\"room\":\"lobby\",\"data\":{\n  \"text\": \"from http\"\n}}"); code != http.StatusAccepted {
+		t.Fatalf("POST /v1/publish: got %d %v, want 202", code, body)
+	}
+	for _, c := range []*websocket.Conn{a, b} {
+		if m := recv(t, c); m["data"].(map[string]any)["text"] != "from http" {
+			t.Fatalf("got %v, want the HTTP message", m)
+		}
+	}
+}
+
+func TestPublishEndpointRejections(t *testing.T) {
+	n := startNode(t, Config{APIKey: "right", MaxMessageBytes: 1024}, true)
+	tests := []struct {
+		name, key, body string
+		want            int
+		wantCode        string
+	}{
+		{"no key", "", `{"room":"r","data":1}`, 401, "unauthorized"},
+		{"wrong key", "wrong", `{"room":"r","data":1}`, 401, "unauthorized"},
+		{"not JSON", "right", `room=r`, 400, "bad_request"},
+		{"two values", "right", `{"room":"r","data":1}{}`, 400, "bad_request"},
+		{"missing room", "right", `{"data":1}`, 400, "bad_room"},
+		{"bad room", "right", `{"room":"a/b","data":1}`, 400, "bad_room"},
+		{"missing data", "right", `{"room":"r"}`, 400, "bad_request"},
+		{"too large", "right", `{"room":"r","data":"` + strings.Repeat("x", 4096) + `"}`, 413, "too_large"},
+		{"ok", "right", `{"room":"r","data":[1,2,3]}`, 202, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, body := postPublish(t, n, tt.key, tt.body)
+			if code != tt.want {
+				t.Fatalf("got %d %v, want %d", code, body, tt.want)
+			}
+			if tt.wantCode != "" && body["code"] != tt.wantCode {
+				t.Fatalf("got code %v, want %s", body["code"], tt.wantCode)
+			}
+		})
+	}
+	n.broker.Close()
+	if code, body := postPublish(t, n, "right", `{"room":"r","data":1}`); code != 503 || body["code"] != "unavailable" {
+		t.Fatalf("broker closed: got %d %v, want 503 unavailable", code, body)
+	}
+}
+
+func TestOrigins(t *testing.T) {
+	n := startNode(t, Config{AllowedOrigins: []string{"app.example.com"}}, true)
+	wsURL := "ws" + strings.TrimPrefix(n.url, "http") + "/ws"
+	tests := []struct {
+		origin string
+		want   int
+	}{
+		{"http://evil.example.net", http.StatusForbidden},
+		{"https://app.example.com", http.StatusSwitchingProtocols},
+		{"", http.StatusSwitchingProtocols}, // not a browser
+	}
+	for _, tt := range tests {
+		h := http.Header{}
+		if tt.origin != "" {
+			h.Set("Origin", tt.origin)
+		}
+		conn, resp, err := websocket.Dial(context.Background(), wsURL, &websocket.DialOptions{HTTPHeader: h})
+		if conn != nil {
+			conn.CloseNow()
+		}
+		if resp == nil {
+			t.Fatalf("origin %q: no response: %v", tt.origin, err)
+		}
+		if resp.StatusCode != tt.want {
+			t.Errorf("origin %q: got HTTP %d, want %d", tt.origin, resp.StatusCode, tt.want)
+		}
+	}
+}
+
+func TestReadinessAndDraining(t *testing.T) {
+	n := startNode(t, Config{}, false)
+	get := func(path string) int {
+		resp, err := http.Get(n.url + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := get("/readyz"); got != 503 {
+		t.Errorf("before Run: /readyz got %d, want 503", got)
+	}
+	if got := get("/healthz"); got != 200 {
+		t.Errorf("/healthz got %d, want 200", got)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { n.hub.Run(ctx) })
+	defer func() { cancel(); wg.Wait() }()
+	for !n.hub.Running() {
+		time.Sleep(time.Millisecond)
+	}
+	if got := get("/readyz"); got != 200 {
+		t.Errorf("running: /readyz got %d, want 200", got)
+	}
+	c := dial(t, n, nil)
+	n.srv.SetDraining()
+	if got := get("/readyz"); got != 503 {
+		t.Errorf("draining: /readyz got %d, want 503", got)
+	}
+	_, resp, err := websocket.Dial(context.Background(), "ws"+strings.TrimPrefix(n.url, "http")+"/ws", nil)
+	if err == nil || resp == nil || resp.StatusCode != 503 {
+		t.Errorf("draining: upgrade got %v, want HTTP 503", err)
+	}
+	// The client that was already there is still served.
+	send(t, c, `{"type":"subscribe","room":"r","id":1}`)
+	if m := recv(t, c); m["type"] != "ack" {
+		t.Errorf("got %v, want ack", m)
+	}
+}
+
+func TestMetricsEndpoint(t *testing.T) {
+	n := startNode(t, Config{}, true)
+	c := dial(t, n, nil)
+	send(t, c, `{"type":"subscribe","room":"r","id":1}`)
+	recv(t, c)
+	resp, err := http.Get(n.url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{"hub_connections 1", "hub_rooms 1", "hub_messages_in_total 1"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
+
+// A request whose headers never finish is cut after ReadHeaderTimeout, and
+// headers over MaxHeaderBytes are refused.
+func TestHalfSentRequestsDoNotHoldConnections(t *testing.T) {
+	n := startNode(t, Config{ReadHeaderTimeout: 200 * time.Millisecond}, true)
+	addr := strings.TrimPrefix(n.url, "http://")
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "GET /healthz HTTP/1.1\r\nHost: x\r\n") // and never the blank line
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	_, err = io.ReadAll(conn)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatal("the server kept a half-sent request open for 30s")
+	}
+
+	big, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer big.Close()
+	io.WriteString(big, "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: "+strings.Repeat("a", 64<<10)+"\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(big), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("oversized headers: got %d, want 431", resp.StatusCode)
+	}
+}
