@@ -3,7 +3,7 @@ GO      ?= go
 BIN     ?= bin
 PKGS    := ./...
 
-.PHONY: all build run test unit lint fuzz bench clean
+.PHONY: all build run test unit integration test-env lint fuzz bench clean
 
 all: lint test
 
@@ -13,10 +13,19 @@ build: ## build the node binary into bin/
 run: build ## one node on :8080 with the embedded broker (override with HUB_* variables)
 	HUB_LOG_FORMAT=$${HUB_LOG_FORMAT:-text} ./$(BIN)/node
 
-test: lint unit ## every test
+# The Redis broker tests and the integration tests need redis-server, a Docker
+# engine and a Redis image: scripts/test-env.sh provides them (installing and
+# starting them on a fresh Debian machine as root) before any test runs.
+test: lint ## every test: lint, then unit (race) and integration (Docker) tests
+	@eval "$$(./scripts/test-env.sh)" && export HUB_TEST_INTEGRATION=1 && \
+	  $(GO) test -race -count=1 -timeout=30m ./...
 
-unit: ## unit and package tests, with the race detector
-	$(GO) test -race -count=1 $(PKGS)
+unit: ## the tests that need no Docker, with the race detector
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /test/integration)
+
+integration: ## integration tests only: real Redis in Docker, real node processes
+	@eval "$$(./scripts/test-env.sh)" && export HUB_TEST_INTEGRATION=1 && \
+	  $(GO) test -race -count=1 -timeout=30m ./test/integration/...
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

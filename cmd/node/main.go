@@ -21,6 +21,7 @@ import (
 	"github.com/hubcluster/hubcluster/internal/server"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -43,7 +44,10 @@ func run(ctx context.Context, environ []string, logOut io.Writer) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	broker := pubsub.NewMemory()
+	broker, err := newBroker(cfg, log, reg)
+	if err != nil {
+		return err
+	}
 	h, err := hub.New(hub.Config{
 		NodeID:          cfg.NodeID,
 		SendQueue:       cfg.SendQueue,
@@ -69,9 +73,48 @@ func run(ctx context.Context, environ []string, logOut io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen on HUB_ADDR %q: %w", cfg.Addr, err)
 	}
-	log.Info("node started", "addr", ln.Addr().String(), "node_id", cfg.NodeID, "broker", "memory")
+	brokerName := "memory"
+	if cfg.RedisURL != "" {
+		brokerName = "redis " + cfg.RedactedRedisURL()
+	}
+	log.Info("node started", "addr", ln.Addr().String(), "node_id", cfg.NodeID, "broker", brokerName)
 
 	return serve(ctx, cfg, log, ln, srv, h, broker)
+}
+
+// broker is what the node needs of its broker: pubsub.Memory or pubsub.Redis.
+type broker interface {
+	hub.Broker
+	Run(ctx context.Context, sink pubsub.Sink) error
+	Ready() error
+	Close() error
+}
+
+func newBroker(cfg config.Config, log *slog.Logger, reg prometheus.Registerer) (broker, error) {
+	if cfg.RedisURL == "" {
+		return pubsub.NewMemory(), nil
+	}
+	redis.SetLogger(redisLogger{log.With("component", "go-redis")})
+	b, err := pubsub.NewRedis(pubsub.RedisConfig{
+		URL:           cfg.RedisURL,
+		Prefix:        cfg.RedisPrefix,
+		NodeID:        cfg.NodeID,
+		ProbeInterval: cfg.ProbeInterval,
+		ProbeTimeout:  cfg.ProbeTimeout,
+		Logger:        log,
+		Registerer:    reg,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("HUB_REDIS_URL: %w", err)
+	}
+	return b, nil
+}
+
+// redisLogger sends go-redis's own log lines to slog at debug level.
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.DebugContext(ctx, fmt.Sprintf(format, v...))
 }
 
 func newLogger(cfg config.Config, out io.Writer) *slog.Logger {
@@ -84,7 +127,7 @@ func newLogger(cfg config.Config, out io.Writer) *slog.Logger {
 }
 
 // serve runs the node until ctx ends, then stops it.
-func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ln net.Listener, srv *server.Server, h *hub.Hub, broker *pubsub.Memory) error {
+func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ln net.Listener, srv *server.Server, h *hub.Hub, broker broker) error {
 	hubCtx, stopHub := context.WithCancel(context.Background())
 	defer stopHub()
 	httpSrv := srv.HTTPServer()

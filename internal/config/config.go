@@ -21,6 +21,8 @@ type Config struct {
 	Addr            string        `env:"HUB_ADDR" envDefault:":8080"`
 	RedisURL        string        `env:"HUB_REDIS_URL"`
 	RedisPrefix     string        `env:"HUB_REDIS_PREFIX" envDefault:"hub:"`
+	ProbeInterval   time.Duration `env:"HUB_REDIS_PROBE_INTERVAL" envDefault:"1s"`
+	ProbeTimeout    time.Duration `env:"HUB_REDIS_PROBE_TIMEOUT" envDefault:"3s"`
 	NodeID          string        `env:"HUB_NODE_ID"`
 	AllowedOrigins  []string      `env:"HUB_ALLOWED_ORIGINS" envSeparator:","`
 	MaxMessageBytes int64         `env:"HUB_MAX_MESSAGE_BYTES" envDefault:"65536"`
@@ -80,6 +82,12 @@ func (c *Config) validate() error {
 	}
 	if strings.ContainsAny(c.NodeID, "\n\r") || len(c.NodeID) > 255 {
 		bad("HUB_NODE_ID", "must be at most 255 characters on one line")
+	}
+	if c.ProbeInterval <= 0 {
+		bad("HUB_REDIS_PROBE_INTERVAL", "must be positive, e.g. 1s")
+	}
+	if c.ProbeTimeout <= c.ProbeInterval {
+		bad("HUB_REDIS_PROBE_TIMEOUT", "must be longer than HUB_REDIS_PROBE_INTERVAL")
 	}
 	if c.MaxMessageBytes < 128 || c.MaxMessageBytes > 64<<20 {
 		bad("HUB_MAX_MESSAGE_BYTES", "%d is outside 128..67108864", c.MaxMessageBytes)

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -42,6 +43,7 @@ type Broker interface {
 
 var (
 	_ Broker      = (*pubsub.Memory)(nil)
+	_ Broker      = (*pubsub.Redis)(nil)
 	_ pubsub.Sink = (*Hub)(nil)
 )
 
@@ -343,20 +345,16 @@ func (h *Hub) Publish(ctx context.Context, room string, data []byte) error {
 // Deliver takes a payload another node published to room, and queues it for
 // every local member. It drops this node's own payloads, which its members
 // already have. It never blocks.
-func (h *Hub) Deliver(room string, payload []byte) {
-	i := 0
-	for i < len(payload) && payload[i] != '\n' {
-		i++
-	}
-	if i == len(payload) {
+func (h *Hub) Deliver(room string, payload string) {
+	origin, frame, ok := strings.Cut(payload, "\n")
+	if !ok {
 		h.metrics.badPayloads.Inc()
 		return
 	}
-	if string(payload[:i]) == h.cfg.NodeID {
+	if origin == h.cfg.NodeID {
 		return
 	}
-	frame := append([]byte(nil), payload[i+1:]...) // payload is the broker's
-	h.broadcast(room, frame)
+	h.broadcast(room, []byte(frame)) // one copy, shared by every member
 }
 
 // Gap tells the members of rooms that messages may have been lost.

@@ -326,9 +326,9 @@ func TestDeliverDropsOwnPayloadsAndServesOthers(t *testing.T) {
 		c := n.dial()
 		c.sendRaw(`{"type":"subscribe","room":"r","id":1}`)
 		c.expect(map[string]any{"type": "ack", "id": 1})
-		n.hub.Deliver("r", []byte("me\n"+`{"type":"message","room":"r","data":"own"}`))
-		n.hub.Deliver("r", []byte("garbage-without-newline"))
-		n.hub.Deliver("r", []byte("other\n"+`{"type":"message","room":"r","data":"theirs"}`))
+		n.hub.Deliver("r", "me\n"+`{"type":"message","room":"r","data":"own"}`)
+		n.hub.Deliver("r", "garbage-without-newline")
+		n.hub.Deliver("r", "other\n"+`{"type":"message","room":"r","data":"theirs"}`)
 		n.hub.Gap([]string{"r", "nobody-here"})
 		var pending []map[string]any
 		checkObject(t, c.next(&pending), map[string]any{"type": "message", "data": "theirs"})

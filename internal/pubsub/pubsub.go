@@ -11,9 +11,8 @@ import "errors"
 // Sink receives what a broker brings in from other nodes. Its methods are called
 // from the broker's receive loop and must not block.
 type Sink interface {
-	// Deliver hands over one payload published to room. payload is only valid
-	// during the call.
-	Deliver(room string, payload []byte)
+	// Deliver hands over one payload published to room.
+	Deliver(room string, payload string)
 	// Gap reports rooms whose messages may have been lost (a reconnect, a
 	// subscription that went silent).
 	Gap(rooms []string)

@@ -1,0 +1,296 @@
+package pubsub
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// startRedisServer runs a real redis-server on a free loopback port. Without
+// the binary the test is skipped, unless CI or make test requires it.
+func startRedisServer(tb testing.TB) string {
+	tb.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("CI") == "true" || os.Getenv("HUB_TEST_INTEGRATION") == "1" {
+			tb.Fatal("redis-server is not installed (scripts/test-env.sh installs it)")
+		}
+		tb.Skip("redis-server is not installed")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	_, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	tb.Cleanup(func() { cmd.Process.Kill(); <-done })
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	for i := 0; c.Ping(context.Background()).Err() != nil; i++ {
+		if i == 500 {
+			tb.Fatal("redis-server did not answer")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return addr
+}
+
+type recorder struct {
+	mu   sync.Mutex
+	msgs map[string][]string
+	gaps [][]string
+	got  chan struct{}
+}
+
+func newRecorder() *recorder {
+	return &recorder{msgs: make(map[string][]string), got: make(chan struct{}, 1)}
+}
+
+func (r *recorder) Deliver(room, payload string) {
+	r.mu.Lock()
+	r.msgs[room] = append(r.msgs[room], payload)
+	r.mu.Unlock()
+	select {
+	case r.got <- struct{}{}:
+	default:
+	}
+}
+
+func (r *recorder) Gap(rooms []string) {
+	r.mu.Lock()
+	r.gaps = append(r.gaps, rooms)
+	r.mu.Unlock()
+}
+
+func (r *recorder) count(room string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.msgs[room])
+}
+
+func (r *recorder) waitCount(t testing.TB, room string, n int) []string {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	for r.count(room) < n {
+		select {
+		case <-r.got:
+		case <-deadline:
+			t.Fatalf("room %s: got %d messages, want %d", room, r.count(room), n)
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.msgs[room]...)
+}
+
+// runBroker starts a broker for addr and runs it until the test ends.
+func runBroker(tb testing.TB, addr, node, prefix string, sink Sink, tweak ...func(*RedisConfig)) *Redis {
+	tb.Helper()
+	cfg := RedisConfig{URL: "redis://" + addr, NodeID: node, Prefix: prefix, ProbeInterval: 100 * time.Millisecond, ProbeTimeout: time.Second}
+	for _, f := range tweak {
+		f(&cfg)
+	}
+	b, err := NewRedis(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := b.Run(ctx, sink); err != nil {
+			tb.Errorf("Run: %v", err)
+		}
+	})
+	tb.Cleanup(func() {
+		cancel()
+		wg.Wait()
+		b.Close()
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for b.Ready() != nil {
+		if time.Now().After(deadline) {
+			tb.Fatalf("broker not ready: %v", b.Ready())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return b
+}
+
+func TestRedisDeliversBetweenBrokers(t *testing.T) {
+	addr := startRedisServer(t)
+	ra, rb := newRecorder(), newRecorder()
+	a := runBroker(t, addr, "a", "p:", ra)
+	b := runBroker(t, addr, "b", "p:", rb)
+	b.Subscribe("room")
+	ctx := context.Background()
+	if err := b.WaitSubscribed(ctx, "room"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Publish(ctx, "room", []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if got := rb.waitCount(t, "room", 1); got[0] != "hello" {
+		t.Fatalf("got %q, want hello", got)
+	}
+	if got := ra.count("room"); got != 0 {
+		t.Fatalf("a is not subscribed but got %d messages", got)
+	}
+	if err := a.WaitSubscribed(ctx, "other"); err == nil {
+		t.Fatal("WaitSubscribed on a room never subscribed: got nil error")
+	}
+}
+
+// Interest that flips quickly ends in the right state, and a subscribe is only
+// confirmed by its own SUBSCRIBE.
+func TestRedisInterestChurn(t *testing.T) {
+	addr := startRedisServer(t)
+	b := runBroker(t, addr, "a", "churn:", newRecorder())
+	rc := redis.NewClient(&redis.Options{Addr: addr})
+	defer rc.Close()
+	ctx := context.Background()
+	numsub := func(room string) int64 {
+		res, err := rc.PubSubNumSub(ctx, "churn:"+room).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res["churn:"+room]
+	}
+	for i := range 200 {
+		room := "r" + strconv.Itoa(i%7)
+		b.Subscribe(room)
+		if i%3 == 0 {
+			b.Unsubscribe(room)
+		}
+	}
+	for i := range 7 {
+		room := "r" + strconv.Itoa(i)
+		b.Subscribe(room)
+		if err := b.WaitSubscribed(ctx, room); err != nil {
+			t.Fatal(err)
+		}
+		if got := numsub(room); got != 1 {
+			t.Fatalf("%s: got %d subscribers after its subscribe was confirmed, want 1", room, got)
+		}
+		b.Unsubscribe(room)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for b.Subscriptions() != 0 || numsub("r0") != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("after unsubscribing all: %d rooms, r0 has %d subscribers; want 0, 0", b.Subscriptions(), numsub("r0"))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Concurrent publishers share round trips and each keeps its order.
+func TestRedisPublishBatchingKeepsPublisherOrder(t *testing.T) {
+	addr := startRedisServer(t)
+	rec := newRecorder()
+	pub := runBroker(t, addr, "pub", "order:", newRecorder())
+	sub := runBroker(t, addr, "sub", "order:", rec)
+	sub.Subscribe("r")
+	ctx := context.Background()
+	if err := sub.WaitSubscribed(ctx, "r"); err != nil {
+		t.Fatal(err)
+	}
+	const publishers, msgs = 16, 500
+	var wg sync.WaitGroup
+	for p := range publishers {
+		wg.Go(func() {
+			for i := range msgs {
+				if err := pub.Publish(ctx, "r", fmt.Appendf(nil, "%d:%d", p, i)); err != nil {
+					t.Errorf("publish: %v", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	got := rec.waitCount(t, "r", publishers*msgs)
+	next := make([]int, publishers)
+	for _, m := range got {
+		ps, is, _ := strings.Cut(m, ":")
+		p, _ := strconv.Atoi(ps)
+		i, _ := strconv.Atoi(is)
+		if i != next[p] {
+			t.Fatalf("publisher %d: got message %d, want %d", p, i, next[p])
+		}
+		next[p]++
+	}
+	batches := testutil.CollectAndCount(pub.metrics.batchSize)
+	if batches == 0 {
+		t.Fatal("no publish batch was observed")
+	}
+}
+
+func TestRedisNotReadyBeforeRunAndPublishBounded(t *testing.T) {
+	b, err := NewRedis(RedisConfig{URL: "redis://127.0.0.1:1", NodeID: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if b.Ready() == nil {
+		t.Fatal("Ready before Run: got nil, want an error")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := b.Publish(ctx, "r", []byte("x")); err == nil {
+		t.Fatal("Publish with nothing running: got nil error")
+	}
+}
+
+func TestNewRedisRejectsBadURL(t *testing.T) {
+	for _, u := range []string{"http://127.0.0.1", "redis://:secret@127.0.0.1:6379/notadb"} {
+		_, err := NewRedis(RedisConfig{URL: u, NodeID: "x"})
+		if err == nil {
+			t.Errorf("NewRedis(%q): got nil error", u)
+		} else if strings.Contains(err.Error(), "secret") {
+			t.Errorf("NewRedis(%q): error %q shows the password", u, err)
+		}
+	}
+}
+
+// BenchmarkRedisPublish compares publishes/s to Redis with pipelining and
+// without, for 64 concurrent publishers.
+func BenchmarkRedisPublish(b *testing.B) {
+	addr := startRedisServer(b)
+	for _, batching := range []bool{false, true} {
+		b.Run(fmt.Sprintf("batching=%v", batching), func(b *testing.B) {
+			pub := runBroker(b, addr, "bench", "bench:", newRecorder(), func(c *RedisConfig) { c.NoBatching = !batching })
+			payload := []byte(`{"type":"message","room":"r","data":"` + strings.Repeat("x", 100) + `"}`)
+			b.SetParallelism(32) // 64 publishers on 2 cores
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := pub.Publish(context.Background(), "r", payload); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "publishes/s")
+		})
+	}
+}

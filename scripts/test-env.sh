@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Prepares a machine to run the integration tests: a running Docker engine and
+# a Redis image. Prints shell assignments for the variables the tests read, so
+# callers do `eval "$(scripts/test-env.sh)"`. Progress goes to stderr.
+#
+# Works on an air-gapped CI runner: when no Redis image is present locally it
+# builds one from Debian's redis-server binaries (no registry pull). On a
+# laptop with Docker and no redis-server installed, it leaves the default
+# public image for testcontainers to pull.
+#
+# As root on a Debian-like machine it installs what is missing (docker.io,
+# busybox-static, redis-server) and starts dockerd if no engine answers.
+set -euo pipefail
+say() { echo "test-env: $*" >&2; }
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache="$root/.cache"
+mkdir -p "$cache"
+
+need_apt=()
+command -v docker >/dev/null 2>&1 || need_apt+=(docker.io)
+command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
+if [ -z "${HUB_TEST_REDIS_IMAGE:-}" ]; then
+  command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+  [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need_apt+=(busybox-static)
+fi
+if [ ${#need_apt[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  say "installing ${need_apt[*]}"
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >&2
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null 2>&1; then
+    say "starting dockerd (log: .cache/dockerd.log)"
+    nohup dockerd --iptables=false --ip-masq=false >"$cache/dockerd.log" 2>&1 &
+    for _ in $(seq 1 60); do
+      docker info >/dev/null 2>&1 && break
+      sleep 1
+    done
+  fi
+fi
+if ! docker info >/dev/null 2>&1; then
+  say "no Docker engine answers; the integration tests need one"
+  exit 1
+fi
+
+# build_image NAME BINARY ARGS...: an image holding BINARY from this machine, the
+# libraries it links, and busybox as /bin/sh with the tools testcontainers' port
+# wait runs inside the container.
+build_image() {
+  local name=$1 bin=$2; shift 2
+  local dir; dir=$(mktemp -d)
+  mkdir -p "$dir/bin" "$dir/usr/local/bin" "$dir/tmp" "$dir/data"
+  chmod 1777 "$dir/tmp"
+  cp "$bin" "$dir/usr/local/bin/real-$(basename "$bin")"
+  for lib in $(ldd "$bin" | awk '/=>/ {print $3} /^\t\// {print $1}'); do
+    [ -f "$lib" ] || continue
+    mkdir -p "$dir$(dirname "$lib")"
+    cp -L "$lib" "$dir$lib"
+  done
+  local bb; bb=$(command -v busybox)
+  cp "$bb" "$dir/bin/busybox"
+  for tool in sh cat grep awk nc sleep ls; do ln -sf busybox "$dir/bin/$tool"; done
+  printf '#!/bin/sh\nexec /usr/local/bin/real-%s %s "$@"\n' "$(basename "$bin")" "$*" >"$dir/usr/local/bin/$(basename "$bin")"
+  chmod +x "$dir/usr/local/bin/$(basename "$bin")"
+  tar -C "$dir" -c . | docker import -c "CMD [\"$(basename "$bin")\"]" -c 'EXPOSE 6379' \
+    -c 'ENV PATH=/usr/local/bin:/bin' -c 'WORKDIR /data' - "$name" >/dev/null
+  rm -rf "$dir"
+}
+
+redis_image=${HUB_TEST_REDIS_IMAGE:-}
+if [ -z "$redis_image" ]; then
+  if docker image inspect redis:7-alpine >/dev/null 2>&1; then
+    redis_image=redis:7-alpine
+  elif command -v redis-server >/dev/null 2>&1; then
+    redis_image=local/redis:7
+    if ! docker image inspect "$redis_image" >/dev/null 2>&1; then
+      say "building $redis_image from $(command -v redis-server)"
+      build_image "$redis_image" "$(command -v redis-server)" --protected-mode no
+    fi
+  else
+    redis_image=redis:7-alpine # testcontainers pulls it
+  fi
+fi
+say "redis image: $redis_image"
+
+echo "export HUB_TEST_REDIS_IMAGE=$redis_image"
+echo "export TESTCONTAINERS_RYUK_DISABLED=\${TESTCONTAINERS_RYUK_DISABLED:-true}"
+# testcontainers on a machine with /.dockerenv would think it runs inside a
+# container and dial the default gateway; the engine publishes ports on this
+# machine's loopback, so default the host to 127.0.0.1.
+echo "export TESTCONTAINERS_HOST_OVERRIDE=\${TESTCONTAINERS_HOST_OVERRIDE:-127.0.0.1}"

@@ -1,0 +1,506 @@
+// Package integration tests hubcluster as users run it: real node processes
+// (the built binary), real Redis in Docker through testcontainers, real
+// WebSocket clients over loopback sockets.
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/redis/go-redis/v9"
+	"github.com/testcontainers/testcontainers-go"
+	"github.com/testcontainers/testcontainers-go/wait"
+)
+
+// nodeBinary is the node built once for the whole package by TestMain.
+var nodeBinary string
+
+// redisImage is the image integration tests run Redis from.
+func redisImage() string {
+	if img := os.Getenv("HUB_TEST_REDIS_IMAGE"); img != "" {
+		return img
+	}
+	return "redis:7-alpine"
+}
+
+// redisServer is a Redis container.
+type redisServer struct {
+	ctr  *testcontainers.DockerContainer
+	addr string // host:port on loopback
+}
+
+func startRedis(t *testing.T) *redisServer {
+	t.Helper()
+	ctx := context.Background()
+	ctr, err := testcontainers.Run(ctx, redisImage(),
+		testcontainers.WithExposedPorts("6379/tcp"),
+		testcontainers.WithWaitStrategy(wait.ForListeningPort("6379/tcp").WithStartupTimeout(60*time.Second)),
+	)
+	testcontainers.CleanupContainer(t, ctr)
+	if err != nil {
+		t.Fatalf("start redis container from %s: %v", redisImage(), err)
+	}
+	r := &redisServer{ctr: ctr}
+	r.refreshAddr(t)
+	return r
+}
+
+func (r *redisServer) refreshAddr(t *testing.T) {
+	t.Helper()
+	addr, err := r.ctr.PortEndpoint(context.Background(), "6379/tcp", "")
+	if err != nil {
+		t.Fatalf("redis port: %v", err)
+	}
+	r.addr = addr
+}
+
+func (r *redisServer) stop(t *testing.T) {
+	t.Helper()
+	timeout := time.Second
+	if err := r.ctr.Stop(context.Background(), &timeout); err != nil {
+		t.Fatalf("stop redis: %v", err)
+	}
+}
+
+// start starts a stopped container again; its host port may change.
+func (r *redisServer) start(t *testing.T) {
+	t.Helper()
+	if err := r.ctr.Start(context.Background()); err != nil {
+		t.Fatalf("start redis: %v", err)
+	}
+	r.refreshAddr(t)
+}
+
+func (r *redisServer) client(t *testing.T) *redis.Client {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: r.addr})
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// proxy is a TCP proxy on loopback between nodes and Redis. Its upstream can
+// change (a restarted container has a new port), be cut (new connections are
+// refused), or go silent (established connections stop carrying bytes while
+// staying open, as a broken middlebox does).
+type proxy struct {
+	ln net.Listener
+
+	mu            sync.Mutex
+	upstream      string // empty: refuse connections
+	silencedFlags []*bool
+	conns         map[net.Conn]struct{}
+	wg            sync.WaitGroup
+}
+
+func newProxy(t *testing.T, upstream string) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, upstream: upstream, conns: make(map[net.Conn]struct{})}
+	p.wg.Go(p.accept)
+	t.Cleanup(p.close)
+	return p
+}
+
+func (p *proxy) addr() string { return p.ln.Addr().String() }
+
+func (p *proxy) setUpstream(addr string) {
+	p.mu.Lock()
+	p.upstream = addr
+	p.mu.Unlock()
+}
+
+// silence stops every established connection from carrying bytes; new
+// connections work.
+func (p *proxy) silence() {
+	p.mu.Lock()
+	for _, f := range p.silencedFlags {
+		*f = true
+	}
+	p.mu.Unlock()
+}
+
+// cut closes every established connection and refuses new ones.
+func (p *proxy) cut() {
+	p.mu.Lock()
+	p.upstream = ""
+	for c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
+}
+
+func (p *proxy) close() {
+	p.ln.Close()
+	p.mu.Lock()
+	for c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}
+
+func (p *proxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns == nil {
+		return false
+	}
+	p.conns[c] = struct{}{}
+	return true
+}
+
+func (p *proxy) accept() {
+	for {
+		down, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		upstream := p.upstream
+		p.mu.Unlock()
+		if upstream == "" {
+			down.Close()
+			continue
+		}
+		up, err := net.DialTimeout("tcp", upstream, 2*time.Second)
+		if err != nil {
+			down.Close()
+			continue
+		}
+		p.track(down)
+		p.track(up)
+		gen := p.generation()
+		p.wg.Go(func() { p.pipe(up, down, gen) })
+		p.wg.Go(func() { p.pipe(down, up, gen) })
+	}
+}
+
+// generation is a token that pipes check: once silence is called, pipes of
+// connections made before stop forwarding.
+func (p *proxy) generation() *bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	silenced := false
+	p.silencedFlags = append(p.silencedFlags, &silenced)
+	return &silenced
+}
+
+func (p *proxy) pipe(dst, src net.Conn, silenced *bool) {
+	defer dst.Close()
+	defer src.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			mute := *silenced
+			p.mu.Unlock()
+			if !mute {
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// node is a running node process.
+type node struct {
+	t      *testing.T
+	id     string
+	addr   string
+	cmd    *exec.Cmd
+	logs   *syncBuffer
+	exited chan error
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// uniquePrefix is a Redis channel prefix no other test uses.
+func uniquePrefix() string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return "t" + hex.EncodeToString(b) + ":"
+}
+
+// startNode starts the node binary with env on a free loopback port. It is
+// stopped with SIGTERM at cleanup, and its log is printed if the test failed.
+func startNode(t *testing.T, id string, env ...string) *node {
+	t.Helper()
+	addr := freePort(t)
+	cmd := exec.Command(nodeBinary)
+	cmd.Env = append([]string{
+		"HUB_ADDR=" + addr, "HUB_NODE_ID=" + id, "HUB_LOG_LEVEL=debug", "HUB_DRAIN_TIMEOUT=10s",
+		"PATH=" + os.Getenv("PATH"),
+	}, env...)
+	n := &node{t: t, id: id, addr: addr, cmd: cmd, logs: &syncBuffer{}, exited: make(chan error, 1)}
+	cmd.Stdout = n.logs
+	cmd.Stderr = n.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start node: %v", err)
+	}
+	go func() { n.exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		n.signal(syscall.SIGTERM)
+		select {
+		case <-n.exited:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-n.exited
+		}
+		if t.Failed() {
+			t.Logf("node %s log:\n%s", id, n.logs.String())
+		}
+	})
+	return n
+}
+
+func (n *node) signal(sig os.Signal) {
+	if n.cmd.Process != nil {
+		n.cmd.Process.Signal(sig)
+	}
+}
+
+func (n *node) url(path string) string { return "http://" + n.addr + path }
+
+// readyStatus returns /readyz's status code and reason.
+func (n *node) readyStatus() (int, string) {
+	resp, err := http.Get(n.url("/readyz"))
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	var body struct{ Reason string }
+	json.NewDecoder(resp.Body).Decode(&body)
+	return resp.StatusCode, body.Reason
+}
+
+// waitReady polls /readyz until it answers 200, and returns how long it took.
+func (n *node) waitReady(timeout time.Duration) time.Duration {
+	n.t.Helper()
+	return n.waitStatus(200, timeout)
+}
+
+func (n *node) waitStatus(code int, timeout time.Duration) time.Duration {
+	n.t.Helper()
+	start := time.Now()
+	deadline := start.Add(timeout)
+	for {
+		got, reason := n.readyStatus()
+		if got == code {
+			return time.Since(start)
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("node %s: /readyz stayed %d (%s), want %d", n.id, got, reason, code)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// metric returns the value of a metric line (name with labels, exactly as
+// exposed), or -1 if absent.
+func (n *node) metric(name string) float64 {
+	n.t.Helper()
+	resp, err := http.Get(n.url("/metrics"))
+	if err != nil {
+		n.t.Fatalf("metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return -1
+}
+
+func (n *node) publishHTTP(room string, data any) int {
+	n.t.Helper()
+	body, _ := json.Marshal(map[string]any{"room": room, "data": data})
+	resp, err := http.Post(n.url("/v1/publish"), "application/json", bytes.NewReader(body))
+	if err != nil {
+		n.t.Fatalf("POST /v1/publish: %v", err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// client is a WebSocket client that reads in the background and keeps every
+// object it receives.
+type client struct {
+	t    *testing.T
+	conn *websocket.Conn
+	in   chan map[string]any
+	done chan struct{}
+	err  error // why reading stopped, valid once done is closed
+}
+
+func dialNode(t *testing.T, n *node) *client {
+	t.Helper()
+	c, err := tryDial(t, n)
+	if err != nil {
+		t.Fatalf("dial node %s: %v", n.id, err)
+	}
+	return c
+}
+
+func tryDial(t *testing.T, n *node) (*client, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, "ws://"+n.addr+"/ws", nil)
+	if err != nil {
+		return nil, err
+	}
+	conn.SetReadLimit(-1)
+	c := &client{t: t, conn: conn, in: make(chan map[string]any, 1<<16), done: make(chan struct{})}
+	go c.readLoop()
+	t.Cleanup(func() {
+		conn.CloseNow()
+		<-c.done
+	})
+	return c, nil
+}
+
+func (c *client) readLoop() {
+	defer close(c.done)
+	for {
+		_, p, err := c.conn.Read(context.Background())
+		if err != nil {
+			c.err = err
+			return
+		}
+		for line := range bytes.SplitSeq(p, []byte("\n")) {
+			var m map[string]any
+			if err := json.Unmarshal(line, &m); err != nil {
+				c.err = fmt.Errorf("line %q is not JSON: %w", line, err)
+				return
+			}
+			c.in <- m
+		}
+	}
+}
+
+func (c *client) send(format string, args ...any) {
+	c.t.Helper()
+	if err := c.conn.Write(context.Background(), websocket.MessageText, fmt.Appendf(nil, format, args...)); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+// next returns the next object, failing the test after timeout.
+func (c *client) next(timeout time.Duration) map[string]any {
+	c.t.Helper()
+	select {
+	case m := <-c.in:
+		return m
+	case <-c.done:
+		select {
+		case m := <-c.in:
+			return m
+		default:
+		}
+		c.t.Fatalf("connection ended while waiting: %v", c.err)
+	case <-time.After(timeout):
+		c.t.Fatalf("nothing received in %v", timeout)
+	}
+	return nil
+}
+
+// nextOfType skips objects of other types until one of typ arrives.
+func (c *client) nextOfType(typ string, timeout time.Duration) map[string]any {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		m := c.next(time.Until(deadline))
+		if m["type"] == typ {
+			return m
+		}
+	}
+}
+
+func (c *client) subscribe(room string) {
+	c.t.Helper()
+	c.send(`{"type":"subscribe","room":%q,"id":"sub-%s"}`, room, room)
+	m := c.next(10 * time.Second)
+	if m["type"] != "ack" || m["id"] != "sub-"+room {
+		c.t.Fatalf("subscribe %s: got %v, want its ack", room, m)
+	}
+}
+
+// expectNothing checks that no object arrives within d.
+func (c *client) expectNothing(d time.Duration) {
+	c.t.Helper()
+	select {
+	case m := <-c.in:
+		c.t.Fatalf("got %v, want nothing", m)
+	case <-time.After(d):
+	}
+}
+
+func buildNode() (string, func(), error) {
+	dir, err := os.MkdirTemp("", "hubcluster-it")
+	if err != nil {
+		return "", nil, err
+	}
+	bin := filepath.Join(dir, "node")
+	cmd := exec.Command("go", "build", "-race", "-o", bin, "github.com/hubcluster/hubcluster/cmd/node")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		return "", nil, fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, func() { os.RemoveAll(dir) }, nil
+}
