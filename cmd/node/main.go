@@ -14,15 +14,16 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/hubcluster/hubcluster/internal/config"
 	"github.com/hubcluster/hubcluster/internal/hub"
+	"github.com/hubcluster/hubcluster/internal/lifecycle"
 	"github.com/hubcluster/hubcluster/internal/pubsub"
 	"github.com/hubcluster/hubcluster/internal/server"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
-	"golang.org/x/sync/errgroup"
 )
 
 func main() {
@@ -79,13 +80,14 @@ func run(ctx context.Context, environ []string, logOut io.Writer) error {
 	}
 	log.Info("node started", "addr", ln.Addr().String(), "node_id", cfg.NodeID, "broker", brokerName)
 
-	return serve(ctx, cfg, log, ln, srv, h, broker)
+	return serve(ctx, cfg, log, reg, ln, srv, h, broker)
 }
 
 // broker is what the node needs of its broker: pubsub.Memory or pubsub.Redis.
 type broker interface {
 	hub.Broker
 	Run(ctx context.Context, sink pubsub.Sink) error
+	StopSubscriptions(ctx context.Context) error
 	Ready() error
 	Close() error
 }
@@ -126,33 +128,119 @@ func newLogger(cfg config.Config, out io.Writer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(out, opts))
 }
 
-// serve runs the node until ctx ends, then stops it.
-func serve(ctx context.Context, cfg config.Config, log *slog.Logger, ln net.Listener, srv *server.Server, h *hub.Hub, broker broker) error {
-	hubCtx, stopHub := context.WithCancel(context.Background())
-	defer stopHub()
+// serve runs the node until ctx ends, then drains it in order. A second
+// SIGTERM or SIGINT during the drain forces the remaining steps.
+func serve(ctx context.Context, cfg config.Config, log *slog.Logger, reg prometheus.Registerer,
+	ln net.Listener, srv *server.Server, h *hub.Hub, b broker) error {
+	mgr, err := lifecycle.New(cfg.DrainTimeout, log, reg)
+	if err != nil {
+		return err
+	}
 	httpSrv := srv.HTTPServer()
 
-	var g errgroup.Group
-	g.Go(func() error { return h.Run(hubCtx) })
-	g.Go(func() error { return broker.Run(hubCtx, h) })
-	g.Go(func() error {
-		if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("http: %w", err)
+	// Start in order: broker, hub, then the listener.
+	brokerCtx, stopBroker := context.WithCancel(context.Background())
+	defer stopBroker()
+	hubCtx, stopHub := context.WithCancel(context.Background())
+	defer stopHub()
+	brokerDone, hubDone, httpDone := make(chan error, 1), make(chan error, 1), make(chan error, 1)
+	go func() { brokerDone <- b.Run(brokerCtx, h) }()
+	go func() { hubDone <- h.Run(hubCtx) }()
+	go func() {
+		if err := httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			httpDone <- fmt.Errorf("http: %w", err)
+			return
 		}
+		httpDone <- nil
+	}()
+
+	// Stop in order, every step bounded by what is left of HUB_DRAIN_TIMEOUT.
+	mgr.OnStop("not-ready", func(ctx context.Context) error {
+		srv.SetDraining() // /readyz 503, upgrades 503
 		return nil
 	})
+	mgr.OnStop("drain-delay", func(ctx context.Context) error {
+		return sleep(ctx, cfg.DrainDelay) // the load balancer notices /readyz
+	})
+	mgr.OnStop("unsubscribe", b.StopSubscriptions)
+	mgr.OnStop("stop-accepting", func(ctx context.Context) error {
+		err := httpSrv.Shutdown(ctx) // leaves hijacked WebSockets to the hub
+		if ctx.Err() != nil {
+			httpSrv.Close()
+		}
+		return err
+	})
+	mgr.OnStop("close-clients", func(ctx context.Context) error {
+		return h.Drain(ctx, hub.DrainOptions{ReconnectWindow: cfg.ReconnectWindow})
+	})
+	mgr.OnStop("drain-unregistrations", func(ctx context.Context) error {
+		log.Info("waiting for clients to leave", "clients", h.Clients())
+		return h.WaitEmpty(ctx)
+	})
+	mgr.OnStop("stop-hub", func(ctx context.Context) error {
+		stopHub() // cuts whatever is left
+		return wait(ctx, hubDone)
+	})
+	mgr.OnStop("close-broker", func(ctx context.Context) error {
+		stopBroker()
+		err := wait(ctx, brokerDone)
+		return errors.Join(err, b.Close())
+	})
 
-	<-ctx.Done()
-	log.Info("stopping")
-	srv.SetDraining()
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
-	defer cancel()
-	if err := httpSrv.Shutdown(shutdownCtx); err != nil {
-		log.Warn("http shutdown", "err", err)
+	select {
+	case <-ctx.Done():
+		log.Info("stop signal received: draining", "timeout", cfg.DrainTimeout.String())
+	case err := <-httpDone:
+		log.Error("http server failed: draining", "err", err)
 	}
-	stopHub()
-	err := g.Wait()
-	broker.Close()
+	force, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer cancel()
+	go func() {
+		<-force.Done()
+		if mgr.Finished() {
+			return
+		}
+		log.Warn("second stop signal: forcing the rest of the drain")
+	}()
+	if err := mgr.Stop(force); err != nil {
+		return err
+	}
 	log.Info("stopped")
-	return err
+	return nil
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// forcedGrace is how long a forced step still waits for a goroutine that was
+// told to stop and is known to return promptly.
+const forcedGrace = 2 * time.Second
+
+// wait waits for a component's Run to return. Past ctx's end it still grants
+// forcedGrace: a Run told to stop returns at once, and a forced drain should
+// not leave it behind.
+func wait(ctx context.Context, done <-chan error) error {
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(forcedGrace):
+		return errors.New("did not stop in time")
+	}
 }

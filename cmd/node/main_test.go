@@ -46,7 +46,7 @@ func startRun(t *testing.T, ctx context.Context, env []string) (string, chan err
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, append([]string{"HUB_ADDR=127.0.0.1:0", "HUB_NODE_ID=t"}, env...), pw)
+		done <- run(ctx, append([]string{"HUB_ADDR=127.0.0.1:0", "HUB_NODE_ID=t", "HUB_DRAIN_DELAY=0s"}, env...), pw)
 		pw.Close()
 	}()
 	sc := bufio.NewScanner(pr)
@@ -63,7 +63,7 @@ func startRun(t *testing.T, ctx context.Context, env []string) (string, chan err
 
 func TestRunServesAndStopsCleanly(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	addr, done := startRun(t, ctx, []string{"HUB_API_KEY=secret"})
+	addr, done := startRun(t, ctx, []string{"HUB_API_KEY=secret", "HUB_DRAIN_DELAY=0s"})
 	base := "http://" + addr
 	waitReady(t, base)
 
@@ -95,13 +95,14 @@ func TestRunServesAndStopsCleanly(t *testing.T) {
 		}
 	}
 	cancel()
+	for _, c := range conns { // reading answers the server's close handshake
+		_, _, err := c.Read(dialCtx)
+		if got := websocket.CloseStatus(err); got != websocket.StatusServiceRestart {
+			t.Errorf("client after the node stopped: got %v, want close 1012", err)
+		}
+	}
 	if err := <-done; err != nil {
 		t.Fatalf("run returned %v, want nil", err)
-	}
-	for _, c := range conns {
-		if _, _, err := c.Read(dialCtx); err == nil {
-			t.Error("a client was still served after the node stopped")
-		}
 	}
 	http.DefaultClient.CloseIdleConnections()
 }

@@ -28,6 +28,8 @@ type Config struct {
 	MaxMessageBytes int64         `env:"HUB_MAX_MESSAGE_BYTES" envDefault:"65536"`
 	SendQueue       int           `env:"HUB_SEND_QUEUE" envDefault:"256"`
 	DrainTimeout    time.Duration `env:"HUB_DRAIN_TIMEOUT" envDefault:"25s"`
+	DrainDelay      time.Duration `env:"HUB_DRAIN_DELAY" envDefault:"5s"`
+	ReconnectWindow time.Duration `env:"HUB_RECONNECT_WINDOW" envDefault:"5s"`
 	APIKey          string        `env:"HUB_API_KEY"`
 	LogLevel        string        `env:"HUB_LOG_LEVEL" envDefault:"info"`
 	LogFormat       string        `env:"HUB_LOG_FORMAT" envDefault:"json"`
@@ -97,6 +99,12 @@ func (c *Config) validate() error {
 	}
 	if c.DrainTimeout <= 0 {
 		bad("HUB_DRAIN_TIMEOUT", "must be positive, e.g. 25s")
+	}
+	if c.DrainDelay < 0 || c.DrainDelay >= c.DrainTimeout {
+		bad("HUB_DRAIN_DELAY", "must be 0 or more, and shorter than HUB_DRAIN_TIMEOUT")
+	}
+	if c.ReconnectWindow <= 0 {
+		bad("HUB_RECONNECT_WINDOW", "must be positive, e.g. 5s")
 	}
 	if c.WriteTimeout <= 0 {
 		bad("HUB_WRITE_TIMEOUT", "must be positive, e.g. 10s")

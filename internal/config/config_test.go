@@ -21,7 +21,7 @@ func TestValues(t *testing.T) {
 	c, err := Load([]string{
 		"HUB_ADDR=127.0.0.1:9000", "HUB_REDIS_URL=rediss://u:secret@127.0.0.1:6380/0", "HUB_NODE_ID=n1",
 		"HUB_ALLOWED_ORIGINS=example.com,*.example.org", "HUB_MAX_MESSAGE_BYTES=1024", "HUB_SEND_QUEUE=8",
-		"HUB_DRAIN_TIMEOUT=3s", "HUB_API_KEY=k", "HUB_LOG_LEVEL=debug", "HUB_LOG_FORMAT=text", "UNRELATED=x",
+		"HUB_DRAIN_TIMEOUT=3s", "HUB_DRAIN_DELAY=1s", "HUB_API_KEY=k", "HUB_LOG_LEVEL=debug", "HUB_LOG_FORMAT=text", "UNRELATED=x",
 	})
 	if err != nil {
 		t.Fatalf("Load: %v", err)
@@ -45,6 +45,8 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"HUB_SEND_QUEUE=lots", "HUB_SEND_QUEUE"},
 		{"HUB_DRAIN_TIMEOUT=soon", "HUB_DRAIN_TIMEOUT"},
 		{"HUB_DRAIN_TIMEOUT=0s", "HUB_DRAIN_TIMEOUT"},
+		{"HUB_DRAIN_TIMEOUT=4s", "HUB_DRAIN_DELAY"}, // the default 5s delay would not fit
+		{"HUB_RECONNECT_WINDOW=0s", "HUB_RECONNECT_WINDOW"},
 		{"HUB_LOG_LEVEL=loud", "HUB_LOG_LEVEL"},
 		{"HUB_LOG_FORMAT=xml", "HUB_LOG_FORMAT"},
 		{"HUB_REDIS_URL=http://127.0.0.1", "HUB_REDIS_URL"},

@@ -29,8 +29,8 @@ func BenchmarkBroadcast(b *testing.B) {
 			var running sync.WaitGroup
 			running.Go(func() { h.Run(ctx) })
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if c, err := websocket.Accept(w, r, nil); err == nil {
-					h.Serve(c)
+				if c, raw, err := Accept(w, r, nil); err == nil {
+					h.Serve(c, raw)
 				}
 			}))
 			var received atomic.Int64

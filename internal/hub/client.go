@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -20,6 +21,7 @@ import (
 type Client struct {
 	hub  *Hub
 	conn *websocket.Conn
+	raw  net.Conn // under conn, when known: closing it cuts even a pending close
 
 	rooms []*room // guarded by hub.mu
 
@@ -40,15 +42,21 @@ const idleQueueCap = 8
 // maxBatchBytes bounds one batched frame; a larger batch is written as several.
 const maxBatchBytes = 64 << 10
 
-// Serve serves conn until it closes, then unregisters it. A connection that
-// arrives after the hub stopped is closed with 1013. conn must come from
-// websocket.Accept; Serve owns it from here on.
-func (h *Hub) Serve(conn *websocket.Conn) {
+// Serve serves conn until it closes, then unregisters it. raw is the network
+// connection under conn (see Accept); it may be nil. A connection that
+// arrives while the hub drains is closed with 1012 and a reconnect hint; one
+// that arrives after the hub stopped, with 1013. conn must come from
+// Accept; Serve owns it from here on.
+func (h *Hub) Serve(conn *websocket.Conn, raw net.Conn) {
 	conn.SetReadLimit(h.cfg.MaxMessageBytes)
-	c := &Client{hub: h, conn: conn}
-	if !h.register(c) {
-		h.metrics.closes.WithLabelValues(codeLabel(websocket.StatusTryAgainLater)).Inc()
-		conn.Close(websocket.StatusTryAgainLater, "node stopping")
+	c := &Client{hub: h, conn: conn, raw: raw}
+	if code := h.register(c); code != 0 {
+		h.metrics.closes.WithLabelValues(codeLabel(code)).Inc()
+		reason := "node stopped"
+		if code == websocket.StatusServiceRestart {
+			reason = reconnectHint(time.Second)
+		}
+		conn.Close(code, reason)
 		return
 	}
 	defer h.unregister(c)
@@ -76,7 +84,7 @@ func (h *Hub) Serve(conn *websocket.Conn) {
 	if code == websocket.StatusAbnormalClosure || code == websocket.StatusInternalError {
 		h.log.Debug("connection lost", "err", err)
 	}
-	c.conn.CloseNow()
+	c.cut()
 	c.wg.Wait()
 }
 
@@ -249,7 +257,7 @@ func (c *Client) writeLoop() {
 			c.mu.Lock()
 			c.broken = true
 			c.mu.Unlock()
-			c.conn.CloseNow()
+			c.cut()
 		}
 	}
 }
@@ -304,7 +312,7 @@ func (c *Client) keepalive() {
 	cancel()
 	if err != nil {
 		h.log.Debug("ping not answered", "err", err)
-		c.conn.CloseNow()
+		c.cut()
 		return
 	}
 	c.mu.Lock()
@@ -312,4 +320,13 @@ func (c *Client) keepalive() {
 		c.pinger.Reset(h.cfg.PingInterval)
 	}
 	c.mu.Unlock()
+}
+
+// cut closes the connection at once, without a handshake, even while a close
+// handshake is waiting on the peer.
+func (c *Client) cut() {
+	if c.raw != nil {
+		c.raw.Close()
+	}
+	c.conn.CloseNow()
 }

@@ -84,11 +84,11 @@ func newTestNode(t *testing.T, cfg Config) *testNode {
 	}
 	n.hub = h
 	n.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, err := websocket.Accept(w, r, nil)
+		conn, raw, err := Accept(w, r, nil)
 		if err != nil {
 			return
 		}
-		h.Serve(conn)
+		h.Serve(conn, raw)
 	})}
 	n.client = &http.Client{Transport: &http.Transport{DialContext: n.ln.dial, DisableKeepAlives: true}}
 	n.served.Go(func() { n.srv.Serve(n.ln) })

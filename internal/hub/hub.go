@@ -121,12 +121,13 @@ type Hub struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu      sync.RWMutex // guards the fields below, and every client's rooms
-	state   state
-	clients map[*Client]struct{}
-	rooms   map[string]*room
-	serving sync.WaitGroup // one per registered client; Run waits on it
-	empty   chan struct{}  // closed and replaced when the last client leaves
+	mu       sync.RWMutex // guards the fields below, and every client's rooms
+	state    state
+	draining bool // Drain began: new connections are closed with 1012
+	clients  map[*Client]struct{}
+	rooms    map[string]*room
+	serving  sync.WaitGroup // one per registered client; Run waits on it
+	empty    chan struct{}  // closed and replaced when the last client leaves
 }
 
 // room is the set of local members of one room, guarded by Hub.mu.
@@ -185,6 +186,7 @@ func (h *Hub) Run(ctx context.Context) error {
 	h.state = stateStopped
 	h.mu.Unlock()
 	h.cancel()
+	h.Cut() // close handshakes still waiting on peers end now
 	h.serving.Wait()
 	return nil
 }
@@ -227,17 +229,21 @@ func (h *Hub) WaitEmpty(ctx context.Context) error {
 	}
 }
 
-// register adds c; it fails once the hub has stopped.
-func (h *Hub) register(c *Client) bool {
+// register adds c. It refuses with the close code to send once the hub drains
+// or has stopped.
+func (h *Hub) register(c *Client) (refuse websocket.StatusCode) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.state == stateStopped {
-		return false
+		return websocket.StatusTryAgainLater
+	}
+	if h.draining {
+		return websocket.StatusServiceRestart
 	}
 	h.clients[c] = struct{}{}
 	h.serving.Add(1)
 	h.metrics.connections.Inc()
-	return true
+	return 0
 }
 
 // unregister removes c from the hub and from every room it joined. It takes

@@ -72,6 +72,14 @@ func (m *Memory) Run(ctx context.Context, _ Sink) error {
 	return nil
 }
 
+// StopSubscriptions drops this node's interest in every room.
+func (m *Memory) StopSubscriptions(context.Context) error {
+	m.mu.Lock()
+	clear(m.rooms)
+	m.mu.Unlock()
+	return nil
+}
+
 // Close stops the broker; later publishes fail with ErrClosed.
 func (m *Memory) Close() error {
 	m.mu.Lock()

@@ -59,6 +59,9 @@ type Redis struct {
 	publishQ chan *publishReq
 	kick     chan struct{} // interest changed; capacity 1
 	ready    atomic.Pointer[error]
+	stopSubs chan struct{} // closed by StopSubscriptions
+	stopOnce sync.Once
+	subsDone chan struct{} // closed when the subscribe loop has ended
 
 	mu    sync.Mutex // guards rooms and dirty
 	rooms map[string]*roomSub
@@ -118,6 +121,8 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		metrics:  m,
 		publishQ: make(chan *publishReq, 4*cfg.MaxBatch),
 		kick:     make(chan struct{}, 1),
+		stopSubs: make(chan struct{}),
+		subsDone: make(chan struct{}),
 		rooms:    make(map[string]*roomSub),
 		dirty:    make(map[string]struct{}),
 	}
@@ -232,6 +237,21 @@ func (r *Redis) Publish(ctx context.Context, room string, payload []byte) error 
 	}
 }
 
+// StopSubscriptions drops every subscription of this node at once, by closing
+// its pub/sub connection (Redis forgets a connection's subscriptions when it
+// closes, whether or not Redis answers), so the node stops taking cluster
+// traffic. Publishing still works. It returns when the subscription loop has
+// ended, or ctx has.
+func (r *Redis) StopSubscriptions(ctx context.Context) error {
+	r.stopOnce.Do(func() { close(r.stopSubs) })
+	select {
+	case <-r.subsDone:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("pubsub: stop subscriptions: %w", ctx.Err())
+	}
+}
+
 // Close closes the connections to Redis. Call it after Run has returned.
 func (r *Redis) Close() error {
 	return r.client.Close()
@@ -245,6 +265,7 @@ func (r *Redis) Run(ctx context.Context, sink Sink) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { r.publishLoop(ctx) })
 	r.subscribeLoop(ctx, sink)
+	close(r.subsDone)
 	wg.Wait()
 	return nil
 }

@@ -23,10 +23,10 @@ type event struct {
 // goes silent, and the next one starts from scratch.
 func (r *Redis) subscribeLoop(ctx context.Context, sink Sink) {
 	var gapSince time.Time // zero while no gap is open
-	for ctx.Err() == nil {
+	for ctx.Err() == nil && !r.stopping() {
 		gapSince = r.session(ctx, sink, gapSince)
 	}
-	r.setReady(errors.New("redis: stopped"))
+	r.setReady(errors.New("redis: subscriptions stopped"))
 }
 
 // session runs one redis.PubSub until ctx ends or it goes silent, and returns
@@ -79,6 +79,9 @@ func (r *Redis) session(ctx context.Context, sink Sink, gapSince time.Time) time
 		select {
 		case <-ctx.Done():
 			return gapSince
+		case <-r.stopSubs:
+			r.setReady(errors.New("redis: subscriptions stopped"))
+			return gapSince
 		case <-r.kick:
 			r.syncInterest(ctx, ps, false)
 		case ev := <-events:
@@ -101,7 +104,7 @@ func (r *Redis) session(ctx context.Context, sink Sink, gapSince time.Time) time
 					rooms := r.wantedRooms()
 					r.metrics.gaps.Inc()
 					r.log.Warn("fan-out gap closed: subscription back; members told to refetch",
-						"gap", time.Since(gapSince).Round(time.Millisecond), "rooms", len(rooms))
+						"gap", time.Since(gapSince).Round(time.Millisecond).String(), "rooms", len(rooms))
 					sink.Gap(rooms)
 					gapSince = time.Time{}
 				} else {
@@ -121,6 +124,15 @@ func (r *Redis) session(ctx context.Context, sink Sink, gapSince time.Time) time
 			}
 			probe()
 		}
+	}
+}
+
+func (r *Redis) stopping() bool {
+	select {
+	case <-r.stopSubs:
+		return true
+	default:
+		return false
 	}
 }
 

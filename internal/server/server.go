@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -23,7 +24,7 @@ import (
 
 // Hub is what the server needs of the local hub.
 type Hub interface {
-	Serve(conn *websocket.Conn)
+	Serve(conn *websocket.Conn, raw net.Conn)
 	Publish(ctx context.Context, room string, data []byte) error
 	Running() bool
 }
@@ -131,7 +132,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, wire.CodeUnavailable, "node not ready: "+err.Error())
 		return
 	}
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	conn, raw, err := hub.Accept(w, r, &websocket.AcceptOptions{
 		OriginPatterns:  s.cfg.AllowedOrigins,
 		CompressionMode: websocket.CompressionDisabled,
 	})
@@ -140,7 +141,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.log.Info("upgrade refused", "remote", r.RemoteAddr, "err", err)
 		return
 	}
-	s.hub.Serve(conn)
+	s.hub.Serve(conn, raw)
 }
 
 type publishRequest struct {

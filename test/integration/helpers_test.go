@@ -304,6 +304,25 @@ func startNode(t *testing.T, id string, env ...string) *node {
 	return n
 }
 
+// wait waits for the process to exit and returns its exit code.
+func (n *node) wait(timeout time.Duration) int {
+	n.t.Helper()
+	select {
+	case err := <-n.exited:
+		n.exited <- err // for cleanup
+		if err == nil {
+			return 0
+		}
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode()
+		}
+		n.t.Fatalf("node %s: %v", n.id, err)
+	case <-time.After(timeout):
+		n.t.Fatalf("node %s did not exit within %v", n.id, timeout)
+	}
+	return -1
+}
+
 func (n *node) signal(sig os.Signal) {
 	if n.cmd.Process != nil {
 		n.cmd.Process.Signal(sig)
@@ -405,7 +424,7 @@ func tryDial(t *testing.T, n *node) (*client, error) {
 		return nil, err
 	}
 	conn.SetReadLimit(-1)
-	c := &client{t: t, conn: conn, in: make(chan map[string]any, 1<<16), done: make(chan struct{})}
+	c := &client{t: t, conn: conn, in: make(chan map[string]any, 1024), done: make(chan struct{})}
 	go c.readLoop()
 	t.Cleanup(func() {
 		conn.CloseNow()
