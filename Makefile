@@ -3,7 +3,10 @@ GO      ?= go
 BIN     ?= bin
 PKGS    := ./...
 
-.PHONY: all build run test unit integration test-env lint fuzz bench clean
+.PHONY: all build run test unit integration lint fuzz bench clean image up down logs
+
+# docker compose v2 when present, else Debian's docker-compose v1.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
 all: lint test
 
@@ -14,17 +17,17 @@ run: build ## one node on :8080 with the embedded broker (override with HUB_* va
 	HUB_LOG_FORMAT=$${HUB_LOG_FORMAT:-text} ./$(BIN)/node
 
 # The Redis broker tests and the integration tests need redis-server, a Docker
-# engine and a Redis image: scripts/test-env.sh provides them (installing and
+# engine and a Redis image: scripts/docker-env.sh provides them (installing and
 # starting them on a fresh Debian machine as root) before any test runs.
 test: lint ## every test: lint, then unit (race) and integration (Docker) tests
-	@eval "$$(./scripts/test-env.sh)" && export HUB_TEST_INTEGRATION=1 && \
+	@eval "$$(./scripts/docker-env.sh)" && export HUB_TEST_INTEGRATION=1 && \
 	  $(GO) test -race -count=1 -timeout=30m ./...
 
 unit: ## the tests that need no Docker, with the race detector
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /test/integration)
 
 integration: ## integration tests only: real Redis in Docker, real node processes
-	@eval "$$(./scripts/test-env.sh)" && export HUB_TEST_INTEGRATION=1 && \
+	@eval "$$(./scripts/docker-env.sh)" && export HUB_TEST_INTEGRATION=1 && \
 	  $(GO) test -race -count=1 -timeout=30m ./test/integration/...
 
 lint: ## gofmt and go vet
@@ -34,6 +37,21 @@ lint: ## gofmt and go vet
 
 fuzz: ## fuzz the frame decoder for a minute
 	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=60s ./internal/wire
+
+image: ## the node's container image (hubcluster/node:dev), built without any registry
+	GOOS=linux CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/linux/node ./cmd/node
+	@./scripts/docker-env.sh >/dev/null
+	docker build -t $${NODE_IMAGE:-hubcluster/node:dev} .
+
+up: image ## a three-replica cluster behind HAProxy on 127.0.0.1:8080 (HUB_LB_PORT)
+	@eval "$$(./scripts/docker-env.sh)" && $(COMPOSE) up -d
+	@echo "cluster up: ws://$${HUB_LB_BIND:-127.0.0.1}:$${HUB_LB_PORT:-8080}/ws"
+
+down: ## stop the cluster and remove its containers and network
+	$(COMPOSE) down --remove-orphans -t 30
+
+logs: ## follow the cluster's logs
+	$(COMPOSE) logs -f
 
 clean:
 	rm -rf $(BIN)

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
+	_ "golang.org/x/crypto/x509roots/fallback" // root certificates for rediss:// in an image without any
 )
 
 func main() {

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Prepares a machine to run the integration tests: a running Docker engine and
-# a Redis image. Prints shell assignments for the variables the tests read, so
-# callers do `eval "$(scripts/test-env.sh)"`. Progress goes to stderr.
+# Prepares a machine for the integration tests and `make up`: a running Docker
+# engine, docker compose, and Redis and HAProxy images. Prints shell assignments
+# for the variables the tests and docker-compose.yml read, so callers do
+# `eval "$(scripts/docker-env.sh)"`. Progress goes to stderr.
 #
-# Works on an air-gapped CI runner: when no Redis image is present locally it
-# builds one from Debian's redis-server binaries (no registry pull). On a
-# laptop with Docker and no redis-server installed, it leaves the default
-# public image for testcontainers to pull.
+# Works on an air-gapped CI runner: when the public images are not present
+# locally it builds local/redis:7 and local/haproxy:2 from Debian's binaries
+# (no registry pull). On a laptop with Docker and no redis-server installed, it
+# leaves the default public images for testcontainers and compose to pull.
 #
 # As root on a Debian-like machine it installs what is missing (docker.io,
 # busybox-static, redis-server) and starts dockerd if no engine answers.
 set -euo pipefail
-say() { echo "test-env: $*" >&2; }
+say() { echo "docker-env: $*" >&2; }
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache="$root/.cache"
@@ -20,8 +21,13 @@ mkdir -p "$cache"
 need_apt=()
 command -v docker >/dev/null 2>&1 || need_apt+=(docker.io)
 command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
+if ! docker compose version >/dev/null 2>&1; then
+  command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+fi
 if [ -z "${HUB_TEST_REDIS_IMAGE:-}" ]; then
+  # Local images are built from Debian's binaries (see below): have them.
   command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+  command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
   [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need_apt+=(busybox-static)
 fi
 if [ ${#need_apt[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -45,11 +51,11 @@ if ! docker info >/dev/null 2>&1; then
   exit 1
 fi
 
-# build_image NAME BINARY ARGS...: an image holding BINARY from this machine, the
+# build_image NAME PORT BINARY ARGS...: an image holding BINARY from this machine, the
 # libraries it links, and busybox as /bin/sh with the tools testcontainers' port
 # wait runs inside the container.
 build_image() {
-  local name=$1 bin=$2; shift 2
+  local name=$1 port=$2 bin=$3; shift 3
   local dir; dir=$(mktemp -d)
   mkdir -p "$dir/bin" "$dir/usr/local/bin" "$dir/tmp" "$dir/data"
   chmod 1777 "$dir/tmp"
@@ -64,7 +70,7 @@ build_image() {
   for tool in sh cat grep awk nc sleep ls; do ln -sf busybox "$dir/bin/$tool"; done
   printf '#!/bin/sh\nexec /usr/local/bin/real-%s %s "$@"\n' "$(basename "$bin")" "$*" >"$dir/usr/local/bin/$(basename "$bin")"
   chmod +x "$dir/usr/local/bin/$(basename "$bin")"
-  tar -C "$dir" -c . | docker import -c "CMD [\"$(basename "$bin")\"]" -c 'EXPOSE 6379' \
+  tar -C "$dir" -c . | docker import -c "CMD [\"$(basename "$bin")\"]" -c "EXPOSE $port" \
     -c 'ENV PATH=/usr/local/bin:/bin' -c 'WORKDIR /data' - "$name" >/dev/null
   rm -rf "$dir"
 }
@@ -77,15 +83,32 @@ if [ -z "$redis_image" ]; then
     redis_image=local/redis:7
     if ! docker image inspect "$redis_image" >/dev/null 2>&1; then
       say "building $redis_image from $(command -v redis-server)"
-      build_image "$redis_image" "$(command -v redis-server)" --protected-mode no
+      build_image "$redis_image" 6379 "$(command -v redis-server)" --protected-mode no
     fi
   else
     redis_image=redis:7-alpine # testcontainers pulls it
   fi
 fi
-say "redis image: $redis_image"
+haproxy_image=${HAPROXY_IMAGE:-}
+if [ -z "$haproxy_image" ]; then
+  haproxy_bin=$(command -v haproxy || echo /usr/sbin/haproxy)
+  if docker image inspect haproxy:2.8 >/dev/null 2>&1; then
+    haproxy_image=haproxy:2.8
+  elif [ "$redis_image" = local/redis:7 ] && [ -x "$haproxy_bin" ]; then
+    haproxy_image=local/haproxy:2
+    if ! docker image inspect "$haproxy_image" >/dev/null 2>&1; then
+      say "building $haproxy_image from $haproxy_bin"
+      build_image "$haproxy_image" 8080 "$haproxy_bin"
+    fi
+  else
+    haproxy_image=haproxy:2.8 # docker compose pulls it
+  fi
+fi
+say "redis image: $redis_image, haproxy image: $haproxy_image"
 
 echo "export HUB_TEST_REDIS_IMAGE=$redis_image"
+echo "export REDIS_IMAGE=\${REDIS_IMAGE:-$redis_image}"
+echo "export HAPROXY_IMAGE=$haproxy_image"
 echo "export TESTCONTAINERS_RYUK_DISABLED=\${TESTCONTAINERS_RYUK_DISABLED:-true}"
 # testcontainers on a machine with /.dockerenv would think it runs inside a
 # container and dial the default gateway; the engine publishes ports on this
