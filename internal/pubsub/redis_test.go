@@ -28,7 +28,7 @@ func startRedisServer(tb testing.TB) string {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		if os.Getenv("CI") == "true" || os.Getenv("HUB_TEST_INTEGRATION") == "1" {
-			tb.Fatal("redis-server is not installed (scripts/test-env.sh installs it)")
+			tb.Fatal("redis-server is not installed (scripts/docker-env.sh installs it)")
 		}
 		tb.Skip("redis-server is not installed")
 	}

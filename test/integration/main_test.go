@@ -19,7 +19,7 @@ func required() bool {
 func TestMain(m *testing.M) {
 	if err := dockerAvailable(); err != nil {
 		if required() {
-			fmt.Fprintf(os.Stderr, "integration: no Docker engine: %v\n(run scripts/test-env.sh, or make test, which does)\n", err)
+			fmt.Fprintf(os.Stderr, "integration: no Docker engine: %v\n(run scripts/docker-env.sh, or make test, which does)\n", err)
 			os.Exit(1)
 		}
 		fmt.Fprintf(os.Stderr, "integration: SKIPPED, no Docker engine: %v\n", err)
