@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hubcluster/hubcluster/internal/auth"
 	"github.com/hubcluster/hubcluster/internal/config"
 	"github.com/hubcluster/hubcluster/internal/hub"
 	"github.com/hubcluster/hubcluster/internal/lifecycle"
@@ -50,25 +51,42 @@ func run(ctx context.Context, environ []string, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	h, err := hub.New(hub.Config{
-		NodeID:          cfg.NodeID,
-		SendQueue:       cfg.SendQueue,
-		MaxMessageBytes: cfg.MaxMessageBytes,
-		WriteTimeout:    cfg.WriteTimeout,
-		PingInterval:    cfg.PingInterval,
-		Logger:          log,
-		Registerer:      reg,
-	}, broker)
+	verifier, err := newVerifier(cfg, log)
+	if err != nil {
+		return err
+	}
+	trusted, _ := cfg.TrustedProxies() // validated by config.Load
+	hcfg := hub.Config{
+		NodeID:            cfg.NodeID,
+		SendQueue:         cfg.SendQueue,
+		MaxMessageBytes:   cfg.MaxMessageBytes,
+		WriteTimeout:      cfg.WriteTimeout,
+		PingInterval:      cfg.PingInterval,
+		AuthTimeout:       cfg.AuthTimeout,
+		ClientRate:        cfg.ClientRate,
+		ClientBurst:       cfg.ClientBurst,
+		MaxRoomsPerClient: cfg.MaxRooms,
+		Logger:            log,
+		Registerer:        reg,
+	}
+	if verifier != nil {
+		hcfg.Authenticator = verifier // a nil *auth.Verifier must not become a non-nil interface
+	}
+	h, err := hub.New(hcfg, broker)
 	if err != nil {
 		return err
 	}
 	srv := server.New(server.Config{
-		APIKey:          cfg.APIKey,
-		AllowedOrigins:  cfg.AllowedOrigins,
-		MaxMessageBytes: cfg.MaxMessageBytes,
-		Ready:           broker.Ready,
-		Gatherer:        reg,
-		Logger:          log,
+		APIKey:              cfg.APIKey,
+		AllowedOrigins:      cfg.AllowedOrigins,
+		MaxMessageBytes:     cfg.MaxMessageBytes,
+		Ready:               broker.Ready,
+		Gatherer:            reg,
+		Logger:              log,
+		MaxConnections:      cfg.MaxConns,
+		MaxConnectionsPerIP: cfg.MaxConnsPerIP,
+		TrustedProxies:      trusted,
+		Registerer:          reg,
 	}, h)
 
 	ln, err := net.Listen("tcp", cfg.Addr)
@@ -111,6 +129,28 @@ func newBroker(cfg config.Config, log *slog.Logger, reg prometheus.Registerer) (
 		return nil, fmt.Errorf("HUB_REDIS_URL: %w", err)
 	}
 	return b, nil
+}
+
+// newVerifier returns the token verifier HUB_JWT_* ask for, or nil (and a
+// warning) when none is set: the node then runs open.
+func newVerifier(cfg config.Config, log *slog.Logger) (*auth.Verifier, error) {
+	if cfg.JWTSecret == "" && cfg.JWTPublicKeyFile == "" {
+		log.Warn("authentication is off: every client may subscribe and publish to every room; " +
+			"set HUB_JWT_SECRET or HUB_JWT_PUBLIC_KEY_FILE in production")
+		return nil, nil
+	}
+	v, err := auth.New(auth.Config{
+		Secret: cfg.JWTSecret, PublicKeyFile: cfg.JWTPublicKeyFile,
+		Audience: cfg.JWTAudience, Issuer: cfg.JWTIssuer,
+	})
+	if err != nil {
+		name := "HUB_JWT_SECRET"
+		if cfg.JWTPublicKeyFile != "" {
+			name = "HUB_JWT_PUBLIC_KEY_FILE"
+		}
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return v, nil
 }
 
 // redisLogger sends go-redis's own log lines to slog at debug level.

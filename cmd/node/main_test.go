@@ -19,7 +19,8 @@ func TestMain(m *testing.M) {
 }
 
 func TestBadSettingStopsWithVariableName(t *testing.T) {
-	for _, env := range []string{"HUB_MAX_MESSAGE_BYTES=abc", "HUB_ADDR=nonsense", "HUB_LOG_LEVEL=chatty"} {
+	for _, env := range []string{"HUB_MAX_MESSAGE_BYTES=abc", "HUB_ADDR=nonsense", "HUB_LOG_LEVEL=chatty",
+		"HUB_JWT_PUBLIC_KEY_FILE=/nonexistent/key.pem", "HUB_JWT_SECRET=tooshort"} {
 		err := run(context.Background(), []string{env}, io.Discard)
 		name, _, _ := strings.Cut(env, "=")
 		if err == nil || !strings.Contains(err.Error(), name) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"reflect"
@@ -34,7 +35,19 @@ type Config struct {
 	LogLevel        string        `env:"HUB_LOG_LEVEL" envDefault:"info"`
 	LogFormat       string        `env:"HUB_LOG_FORMAT" envDefault:"json"`
 	WriteTimeout    time.Duration `env:"HUB_WRITE_TIMEOUT" envDefault:"10s"`
-	PingInterval    time.Duration `env:"HUB_PING_INTERVAL" envDefault:"25s"`
+
+	JWTSecret        string        `env:"HUB_JWT_SECRET"`
+	JWTPublicKeyFile string        `env:"HUB_JWT_PUBLIC_KEY_FILE"`
+	JWTAudience      string        `env:"HUB_JWT_AUDIENCE"`
+	JWTIssuer        string        `env:"HUB_JWT_ISSUER"`
+	AuthTimeout      time.Duration `env:"HUB_AUTH_TIMEOUT" envDefault:"10s"`
+	ClientRate       float64       `env:"HUB_CLIENT_RATE" envDefault:"100"`
+	ClientBurst      int           `env:"HUB_CLIENT_BURST" envDefault:"200"`
+	MaxRooms         int           `env:"HUB_MAX_ROOMS_PER_CLIENT" envDefault:"128"`
+	MaxConns         int           `env:"HUB_MAX_CONNECTIONS" envDefault:"0"`
+	MaxConnsPerIP    int           `env:"HUB_MAX_CONNECTIONS_PER_IP" envDefault:"0"`
+	TrustedProxyList []string      `env:"HUB_TRUSTED_PROXIES" envSeparator:","`
+	PingInterval     time.Duration `env:"HUB_PING_INTERVAL" envDefault:"25s"`
 }
 
 // Load parses environ ("KEY=value" pairs, as os.Environ gives) into a Config.
@@ -118,12 +131,57 @@ func (c *Config) validate() error {
 	if c.LogFormat != "json" && c.LogFormat != "text" {
 		bad("HUB_LOG_FORMAT", "%q is not json or text", c.LogFormat)
 	}
+	if c.JWTSecret != "" && c.JWTPublicKeyFile != "" {
+		bad("HUB_JWT_SECRET", "set HUB_JWT_SECRET or HUB_JWT_PUBLIC_KEY_FILE, not both")
+	}
+	if c.JWTSecret != "" && len(c.JWTSecret) < 32 {
+		bad("HUB_JWT_SECRET", "must be at least 32 bytes")
+	}
+	if c.AuthTimeout <= 0 {
+		bad("HUB_AUTH_TIMEOUT", "must be positive, e.g. 10s")
+	}
+	if c.ClientRate < 0 {
+		bad("HUB_CLIENT_RATE", "must be 0 (off) or positive")
+	}
+	if c.ClientBurst < 1 {
+		bad("HUB_CLIENT_BURST", "must be at least 1")
+	}
+	if c.MaxRooms < 1 {
+		bad("HUB_MAX_ROOMS_PER_CLIENT", "must be at least 1")
+	}
+	if c.MaxConns < 0 {
+		bad("HUB_MAX_CONNECTIONS", "must be 0 (no limit) or positive")
+	}
+	if c.MaxConnsPerIP < 0 {
+		bad("HUB_MAX_CONNECTIONS_PER_IP", "must be 0 (no limit) or positive")
+	}
+	if _, err := c.TrustedProxies(); err != nil {
+		bad("HUB_TRUSTED_PROXIES", "%v", err)
+	}
 	for _, o := range c.AllowedOrigins {
 		if strings.TrimSpace(o) == "" {
 			bad("HUB_ALLOWED_ORIGINS", "has an empty pattern")
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// TrustedProxies parses HUB_TRUSTED_PROXIES: CIDRs, or addresses for one host.
+func (c *Config) TrustedProxies() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range c.TrustedProxyList {
+		s = strings.TrimSpace(s)
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a CIDR or an IP address", s)
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }
 
 // Level is HUB_LOG_LEVEL as a slog level.

@@ -52,6 +52,14 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"HUB_REDIS_URL=http://127.0.0.1", "HUB_REDIS_URL"},
 		{"HUB_PING_INTERVAL=-1s", "HUB_PING_INTERVAL"},
 		{"HUB_ALLOWED_ORIGINS=a,,b", "HUB_ALLOWED_ORIGINS"},
+		{"HUB_JWT_SECRET=short", "HUB_JWT_SECRET"},
+		{"HUB_CLIENT_RATE=fast", "HUB_CLIENT_RATE"},
+		{"HUB_CLIENT_BURST=0", "HUB_CLIENT_BURST"},
+		{"HUB_MAX_ROOMS_PER_CLIENT=0", "HUB_MAX_ROOMS_PER_CLIENT"},
+		{"HUB_MAX_CONNECTIONS=-5", "HUB_MAX_CONNECTIONS"},
+		{"HUB_MAX_CONNECTIONS_PER_IP=x", "HUB_MAX_CONNECTIONS_PER_IP"},
+		{"HUB_TRUSTED_PROXIES=10.0.0.0/8,bogus", "HUB_TRUSTED_PROXIES"},
+		{"HUB_AUTH_TIMEOUT=0s", "HUB_AUTH_TIMEOUT"},
 	}
 	for _, tt := range tests {
 		_, err := Load([]string{tt.env})
@@ -62,6 +70,17 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		if !strings.Contains(err.Error(), tt.wantVar) {
 			t.Errorf("Load(%s): got %q, want it to name %s", tt.env, err, tt.wantVar)
 		}
+	}
+}
+
+func TestTrustedProxies(t *testing.T) {
+	c, err := Load([]string{"HUB_TRUSTED_PROXIES=10.0.0.0/8, 192.168.1.7 ,fd00::/8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := c.TrustedProxies()
+	if len(got) != 3 || got[1].String() != "192.168.1.7/32" {
+		t.Errorf("got %v", got)
 	}
 }
 

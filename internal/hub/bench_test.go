@@ -30,7 +30,7 @@ func BenchmarkBroadcast(b *testing.B) {
 			running.Go(func() { h.Run(ctx) })
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if c, raw, err := Accept(w, r, nil); err == nil {
-					h.Serve(c, raw)
+					h.Serve(c, raw, ConnInfo{})
 				}
 			}))
 			var received atomic.Int64

@@ -22,8 +22,11 @@ type Client struct {
 	hub  *Hub
 	conn *websocket.Conn
 	raw  net.Conn // under conn, when known: closing it cuts even a pending close
+	ip   string
 
 	rooms []*room // guarded by hub.mu
+
+	guard guard // the read loop's own: authentication and rate limit
 
 	mu      sync.Mutex // guards the fields below
 	queue   [][]byte   // frames waiting to be written
@@ -42,14 +45,22 @@ const idleQueueCap = 8
 // maxBatchBytes bounds one batched frame; a larger batch is written as several.
 const maxBatchBytes = 64 << 10
 
+// ConnInfo is what the HTTP layer knows of a connection.
+type ConnInfo struct {
+	// IP is the client's address, for logs and limits.
+	IP string
+	// Token is a token sent with the upgrade (?token=), or empty.
+	Token string
+}
+
 // Serve serves conn until it closes, then unregisters it. raw is the network
 // connection under conn (see Accept); it may be nil. A connection that
 // arrives while the hub drains is closed with 1012 and a reconnect hint; one
 // that arrives after the hub stopped, with 1013. conn must come from
 // Accept; Serve owns it from here on.
-func (h *Hub) Serve(conn *websocket.Conn, raw net.Conn) {
+func (h *Hub) Serve(conn *websocket.Conn, raw net.Conn, info ConnInfo) {
 	conn.SetReadLimit(h.cfg.MaxMessageBytes)
-	c := &Client{hub: h, conn: conn, raw: raw}
+	c := &Client{hub: h, conn: conn, raw: raw, ip: info.IP}
 	if code := h.register(c); code != 0 {
 		h.metrics.closes.WithLabelValues(codeLabel(code)).Inc()
 		reason := "node stopped"
@@ -66,7 +77,11 @@ func (h *Hub) Serve(conn *websocket.Conn, raw net.Conn) {
 		c.pinger = time.AfterFunc(h.cfg.PingInterval, c.keepalive)
 		c.mu.Unlock()
 	}
-	err := c.readLoop()
+	err := c.start(info.Token)
+	if err == nil {
+		err = c.readLoop()
+	}
+	c.guard.stop()
 
 	c.mu.Lock()
 	c.closing = true
@@ -141,21 +156,47 @@ func (c *Client) handleFrame(typ websocket.MessageType, frame []byte) error {
 	}
 	return wire.Split(frame, func(line []byte) error {
 		c.hub.metrics.received.Inc()
-		c.handle(line)
-		return nil
+		return c.handle(line)
 	})
 }
 
-// handle carries out one client request and replies to it.
-func (c *Client) handle(line []byte) {
+// handle carries out one client request and replies to it. An error ends the
+// connection (the hub has closed it).
+func (c *Client) handle(line []byte) error {
 	h := c.hub
 	req, err := wire.Decode(line)
 	if err != nil {
 		c.replyError(err.(*wire.Error))
-		return
+		return nil
+	}
+	if !c.guard.allow(h.cfg.ClientRate, h.cfg.ClientBurst) {
+		h.metrics.rateLimited.Inc()
+		if c.guard.strike(h.cfg.ClientBurst) {
+			h.log.Info("connection closed: persistently over the rate limit", "ip", c.ip)
+			c.close(StatusRateLimited, "rate limited")
+			return errClosed
+		}
+		c.replyError(wire.ErrorFor(req.ID, wire.CodeRateLimited, "too many requests; slow down"))
+		return nil
+	}
+	if req.Type == wire.TypeAuth {
+		return c.authenticate(req)
+	}
+	if h.cfg.Authenticator != nil && c.guard.grant == nil {
+		c.reject("authenticate first")
+		return errClosed
 	}
 	switch req.Type {
 	case wire.TypeSubscribe:
+		if g := c.guard.grant; g != nil && !g.CanSubscribe(req.Room) {
+			h.metrics.forbidden.Inc()
+			c.replyError(wire.ErrorFor(req.ID, wire.CodeForbidden, "the token does not grant subscribing to this room"))
+			return nil
+		}
+		if c.roomCount() >= h.cfg.MaxRoomsPerClient {
+			c.replyError(wire.ErrorFor(req.ID, wire.CodeTooLarge, "this connection is in the most rooms allowed"))
+			return nil
+		}
 		if h.join(c, req.Room) {
 			ctx, cancel := context.WithTimeout(h.ctx, h.cfg.BrokerTimeout)
 			err := h.broker.WaitSubscribed(ctx, req.Room)
@@ -164,24 +205,40 @@ func (c *Client) handle(line []byte) {
 				h.leave(c, req.Room)
 				h.log.Warn("subscription not confirmed", "room", req.Room, "err", err)
 				c.replyError(wire.ErrorFor(req.ID, wire.CodeUnavailable, "the room's subscription could not be made; retry"))
-				return
+				return nil
 			}
 		}
 	case wire.TypeUnsubscribe:
 		if !h.leave(c, req.Room) {
 			c.replyError(wire.ErrorFor(req.ID, wire.CodeNotSubscribed, "not subscribed to this room"))
-			return
+			return nil
 		}
 	case wire.TypePublish:
+		if g := c.guard.grant; g != nil && !g.CanPublish(req.Room) {
+			h.metrics.forbidden.Inc()
+			c.replyError(wire.ErrorFor(req.ID, wire.CodeForbidden, "the token does not grant publishing to this room"))
+			return nil
+		}
 		if err := h.Publish(h.ctx, req.Room, req.Data); err != nil {
 			h.log.Warn("publish failed", "room", req.Room, "err", err)
 			c.replyError(wire.ErrorFor(req.ID, wire.CodeUnavailable, "the message could not be handed to the broker; retry"))
-			return
+			return nil
 		}
 	}
-	if len(req.ID) > 0 {
-		c.send(wire.AppendAck(nil, req.ID))
+	c.ack(req.ID)
+	return nil
+}
+
+func (c *Client) ack(id []byte) {
+	if len(id) > 0 {
+		c.send(wire.AppendAck(nil, id))
 	}
+}
+
+func (c *Client) roomCount() int {
+	c.hub.mu.RLock()
+	defer c.hub.mu.RUnlock()
+	return len(c.rooms)
 }
 
 func (c *Client) replyError(e *wire.Error) {

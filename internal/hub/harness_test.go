@@ -88,7 +88,7 @@ func newTestNode(t *testing.T, cfg Config) *testNode {
 		if err != nil {
 			return
 		}
-		h.Serve(conn, raw)
+		h.Serve(conn, raw, ConnInfo{IP: "192.0.2.1", Token: r.URL.Query().Get("token")})
 	})}
 	n.client = &http.Client{Transport: &http.Transport{DialContext: n.ln.dial, DisableKeepAlives: true}}
 	n.served.Go(func() { n.srv.Serve(n.ln) })

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/hubcluster/hubcluster/internal/auth"
 	"github.com/hubcluster/hubcluster/internal/pubsub"
 	"github.com/hubcluster/hubcluster/internal/wire"
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,6 +47,13 @@ var (
 	_ Broker      = (*pubsub.Redis)(nil)
 	_ pubsub.Sink = (*Hub)(nil)
 )
+
+// Authenticator verifies a connection's token. auth.Verifier implements it.
+type Authenticator interface {
+	Verify(token string) (*auth.Grant, error)
+}
+
+var _ Authenticator = (*auth.Verifier)(nil)
 
 // Close codes of DESIGN.md that the hub sends.
 const (
@@ -71,6 +79,20 @@ type Config struct {
 	// BrokerTimeout bounds how long a publish or subscribe waits for the broker
 	// (default 5s).
 	BrokerTimeout time.Duration
+	// Authenticator verifies connection tokens; nil runs the hub open: every
+	// client may subscribe and publish to every room.
+	Authenticator Authenticator
+	// AuthTimeout is how long a connection may stay unauthenticated before it
+	// is closed with 1008 (default 10s).
+	AuthTimeout time.Duration
+	// ClientRate is how many requests per second a client may send, with
+	// bursts of ClientBurst; 0 turns the limit off. Over it a request gets
+	// rate_limited; more than ClientBurst rejections within 10s closes the
+	// connection with 4001.
+	ClientRate  float64
+	ClientBurst int
+	// MaxRoomsPerClient bounds the rooms one connection is in (default 128).
+	MaxRoomsPerClient int
 	// Logger receives the hub's logs (default: discarded).
 	Logger *slog.Logger
 	// Registerer receives the hub's metrics (default: not registered).
@@ -89,6 +111,15 @@ func (c *Config) setDefaults() {
 	}
 	if c.PingInterval == 0 {
 		c.PingInterval = 25 * time.Second
+	}
+	if c.AuthTimeout <= 0 {
+		c.AuthTimeout = 10 * time.Second
+	}
+	if c.ClientBurst <= 0 {
+		c.ClientBurst = max(1, int(c.ClientRate))
+	}
+	if c.MaxRoomsPerClient <= 0 {
+		c.MaxRoomsPerClient = 128
 	}
 	if c.BrokerTimeout <= 0 {
 		c.BrokerTimeout = 5 * time.Second

@@ -16,6 +16,9 @@ type metrics struct {
 	delivered       prometheus.Counter
 	overflows       prometheus.Counter
 	badPayloads     prometheus.Counter
+	authFailures    prometheus.Counter
+	forbidden       prometheus.Counter
+	rateLimited     prometheus.Counter
 	closes          *prometheus.CounterVec
 }
 
@@ -45,6 +48,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		badPayloads: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hub_bad_payloads_total", Help: "Broker payloads dropped because they were not in the node format.",
 		}),
+		authFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hub_auth_failures_total", Help: "Connections refused or tokens rejected: bad, expired or missing token, authentication timeout.",
+		}),
+		forbidden: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hub_forbidden_total", Help: "Subscribes and publishes the connection's token does not grant.",
+		}),
+		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hub_rate_limited_total", Help: "Requests rejected by the per-connection rate limit.",
+		}),
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hub_closes_total", Help: "Closed WebSocket connections by close code.",
 		}, []string{"code"}),
@@ -53,7 +65,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.rooms, m.received, m.published,
-		m.publishFailures, m.delivered, m.overflows, m.badPayloads, m.closes} {
+		m.publishFailures, m.delivered, m.overflows, m.badPayloads, m.authFailures, m.forbidden, m.rateLimited, m.closes} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -24,7 +25,7 @@ import (
 
 // Hub is what the server needs of the local hub.
 type Hub interface {
-	Serve(conn *websocket.Conn, raw net.Conn)
+	Serve(conn *websocket.Conn, raw net.Conn, info hub.ConnInfo)
 	Publish(ctx context.Context, room string, data []byte) error
 	Running() bool
 }
@@ -49,6 +50,15 @@ type Config struct {
 	// ReadHeaderTimeout bounds how long a client may take to send its request
 	// headers (default 5s).
 	ReadHeaderTimeout time.Duration
+	// MaxConnections bounds the WebSocket connections of the node: beyond it
+	// upgrades get 503 before any WebSocket work. 0: no limit.
+	MaxConnections int
+	// MaxConnectionsPerIP bounds them per client IP: beyond it, 429. 0: no limit.
+	MaxConnectionsPerIP int
+	// TrustedProxies are the peers whose X-Forwarded-For is believed.
+	TrustedProxies []netip.Prefix
+	// Registerer receives the server's metrics (default: not registered).
+	Registerer prometheus.Registerer
 }
 
 // Server routes the node's endpoints. Its methods may be called concurrently.
@@ -58,6 +68,8 @@ type Server struct {
 	log      *slog.Logger
 	mux      *http.ServeMux
 	draining atomic.Bool
+	limits   connLimits
+	refused  *prometheus.CounterVec
 }
 
 // New returns a Server for h.
@@ -71,7 +83,15 @@ func New(cfg Config, h Hub) *Server {
 	if cfg.ReadHeaderTimeout <= 0 {
 		cfg.ReadHeaderTimeout = 5 * time.Second
 	}
-	s := &Server{cfg: cfg, hub: h, log: cfg.Logger.With("component", "server"), mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, hub: h, log: cfg.Logger.With("component", "server"), mux: http.NewServeMux(),
+		limits: connLimits{max: cfg.MaxConnections, maxPerIP: cfg.MaxConnectionsPerIP},
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hub_upgrades_refused_total", Help: "WebSocket upgrades refused before any WebSocket work, by reason.",
+		}, []string{"reason"}),
+	}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(s.refused)
+	}
 	s.mux.HandleFunc("GET /ws", s.serveWS)
 	s.mux.HandleFunc("POST /v1/publish", s.servePublish)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -126,22 +146,43 @@ func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	ip := clientIP(r, s.cfg.TrustedProxies)
 	if err := s.ready(); err != nil {
 		// A node that is not ready takes no new client, before any WebSocket
 		// work; the load balancer or the client's backoff sends it elsewhere.
+		s.refused.WithLabelValues("not_ready").Inc()
 		writeError(w, http.StatusServiceUnavailable, wire.CodeUnavailable, "node not ready: "+err.Error())
 		return
 	}
+	switch s.limits.acquire(ip) {
+	case http.StatusServiceUnavailable:
+		s.refused.WithLabelValues("max_connections").Inc()
+		s.log.Warn("upgrade refused: node at HUB_MAX_CONNECTIONS", "ip", ip.String())
+		writeError(w, http.StatusServiceUnavailable, wire.CodeUnavailable, "node is at its connection limit")
+		return
+	case http.StatusTooManyRequests:
+		s.refused.WithLabelValues("max_connections_per_ip").Inc()
+		s.log.Info("upgrade refused: client IP at HUB_MAX_CONNECTIONS_PER_IP", "ip", ip.String())
+		writeError(w, http.StatusTooManyRequests, wire.CodeRateLimited, "too many connections from this address")
+		return
+	}
+	defer s.limits.release(ip)
 	conn, raw, err := hub.Accept(w, r, &websocket.AcceptOptions{
-		OriginPatterns:  s.cfg.AllowedOrigins,
+		OriginPatterns: s.cfg.AllowedOrigins,
+		// Compression stays off: it costs tens of KiB per connection, and
+		// compressing secrets next to attacker-chosen text leaks them
+		// (CRIME/BREACH).
 		CompressionMode: websocket.CompressionDisabled,
 	})
 	if err != nil {
 		// Accept has written the HTTP error (403 for a foreign origin).
-		s.log.Info("upgrade refused", "remote", r.RemoteAddr, "err", err)
+		s.refused.WithLabelValues("handshake").Inc()
+		s.log.Info("upgrade refused", "ip", ip.String(), "err", err)
 		return
 	}
-	s.hub.Serve(conn, raw)
+	// The token may come as ?token=; it is never logged (no log line here
+	// holds the URL).
+	s.hub.Serve(conn, raw, hub.ConnInfo{IP: ip.String(), Token: r.URL.Query().Get("token")})
 }
 
 type publishRequest struct {

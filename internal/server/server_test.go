@@ -41,6 +41,7 @@ func startNode(t *testing.T, cfg Config, run bool) *node {
 	reg := prometheus.NewRegistry()
 	broker := pubsub.NewMemory()
 	h, err := hub.New(hub.Config{NodeID: "n1", Registerer: reg}, broker)
+	cfg.Registerer = reg
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ const (
 	TypeSubscribe   = "subscribe"
 	TypeUnsubscribe = "unsubscribe"
 	TypePublish     = "publish"
+	TypeAuth        = "auth"
 )
 
 // Error codes of an error reply, as DESIGN.md lists them.
@@ -44,6 +45,8 @@ type Request struct {
 	ID json.RawMessage
 	// Data is the raw, compact JSON of a publish's data.
 	Data json.RawMessage
+	// Token is an auth request's token.
+	Token string
 }
 
 // Error is a request that failed; it becomes an error reply and the connection
@@ -63,10 +66,11 @@ func ErrorFor(id json.RawMessage, code, message string) *Error {
 }
 
 type rawRequest struct {
-	Type string          `json:"type"`
-	Room *string         `json:"room"`
-	ID   json.RawMessage `json:"id"`
-	Data json.RawMessage `json:"data"`
+	Type  string          `json:"type"`
+	Room  *string         `json:"room"`
+	ID    json.RawMessage `json:"id"`
+	Data  json.RawMessage `json:"data"`
+	Token *string         `json:"token"`
 }
 
 // Split calls fn for every non-empty line of frame, in order, and stops at the
@@ -104,6 +108,13 @@ func Decode(line []byte) (Request, error) {
 	}
 	switch raw.Type {
 	case TypeSubscribe, TypeUnsubscribe, TypePublish:
+	case TypeAuth:
+		if raw.Token == nil || *raw.Token == "" {
+			return req, &Error{Code: CodeBadRequest, Message: "auth needs a token", ID: req.ID}
+		}
+		req.Token = *raw.Token
+		req.Data = nil
+		return req, nil
 	case "":
 		return req, &Error{Code: CodeBadRequest, Message: "missing type", ID: req.ID}
 	default:

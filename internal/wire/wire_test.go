@@ -31,6 +31,10 @@ func TestDecode(t *testing.T) {
 		{line: `{"type":"subscribe","room":"` + strings.Repeat("r", 128) + `"}`, wantType: "subscribe", wantRoom: strings.Repeat("r", 128)},
 		{line: `{"type":"subscribe","room":"` + strings.Repeat("r", 129) + `"}`, wantCode: CodeBadRoom},
 		{line: `not json`, wantCode: CodeBadRequest},
+		{line: `{"type":"auth","token":"abc","id":3}`, wantType: "auth", wantID: "3"},
+		{line: `{"type":"auth"}`, wantCode: CodeBadRequest},
+		{line: `{"type":"auth","token":""}`, wantCode: CodeBadRequest},
+		{line: `{"type":"auth","token":5}`, wantCode: CodeBadRequest},
 		{line: `{"type":"subscribe","room":"r"} trailing`, wantCode: CodeBadRequest},
 	}
 	for _, tt := range tests {
@@ -110,6 +114,7 @@ func FuzzDecode(f *testing.F) {
 		`{"type":"publish","room":"r","data":{"a":1},"id":"x"}`,
 		"{\"type\":\"publish\",\"room\":\"r\",\"data\":1}\n{\"type\":\"unsubscribe\",\"room\":\"r\"}",
 		`{"type":"publish","room":"r","data":"\u0000"}`, `[]`, `{`, `"x"`, `{"id":{}}`,
+		`{"type":"auth","token":"eyJhbGciOiJIUzI1NiJ9.e30.x","id":1}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -123,6 +128,12 @@ func FuzzDecode(f *testing.F) {
 				}
 				if !json.Valid(AppendError(nil, e)) {
 					t.Fatalf("error reply for %q is not JSON", line)
+				}
+				return nil
+			}
+			if req.Type == TypeAuth {
+				if req.Token == "" {
+					t.Fatalf("Decode(%q) accepted an auth without a token", line)
 				}
 				return nil
 			}
