@@ -19,8 +19,9 @@ run: build ## one node on :8080 with the embedded broker (override with HUB_* va
 # The Redis broker tests and the integration tests need redis-server, a Docker
 # engine and a Redis image: scripts/docker-env.sh provides them (installing and
 # starting them on a fresh Debian machine as root) before any test runs.
-test: lint ## every test: lint, then unit (race) and integration (Docker) tests
+test: lint ## every test: lint, microbenchmarks once, unit (race) and integration (Docker) tests
 	@eval "$$(./scripts/docker-env.sh)" && export HUB_TEST_INTEGRATION=1 && \
+	  $(GO) test -run='^$$' -bench=. -benchtime=1x ./internal/... ./cmd/... && \
 	  $(GO) test -race -count=1 -timeout=30m ./...
 
 unit: ## the tests that need no Docker, with the race detector
@@ -34,6 +35,14 @@ lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+
+# Benchmarks: Go microbenchmarks of the hot paths, then the hubbench suite
+# (Redis and nodes on loopback; several minutes). Not part of make test.
+bench: build ## microbenchmarks and the load suite; BENCHMARKS.md records the results
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+	$(GO) test -run='^$$' -bench=. -benchmem -count=1 ./internal/... ./cmd/...
+	$(GO) build -o $(BIN)/hubbench ./cmd/hubbench
+	./$(BIN)/hubbench -suite -node $(BIN)/node
 
 fuzz: ## fuzz the frame decoder for a minute
 	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=60s ./internal/wire

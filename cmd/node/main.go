@@ -220,7 +220,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, reg prometh
 	})
 	mgr.OnStop("stop-hub", func(ctx context.Context) error {
 		stopHub() // cuts whatever is left
-		return wait(ctx, hubDone)
+		return errors.Join(wait(ctx, hubDone), srv.Wait(ctx))
 	})
 	mgr.OnStop("close-broker", func(ctx context.Context) error {
 		stopBroker()

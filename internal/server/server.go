@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -70,6 +71,7 @@ type Server struct {
 	draining atomic.Bool
 	limits   connLimits
 	refused  *prometheus.CounterVec
+	sessions sync.WaitGroup // one per WebSocket connection being served
 }
 
 // New returns a Server for h.
@@ -166,7 +168,6 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusTooManyRequests, wire.CodeRateLimited, "too many connections from this address")
 		return
 	}
-	defer s.limits.release(ip)
 	conn, raw, err := hub.Accept(w, r, &websocket.AcceptOptions{
 		OriginPatterns: s.cfg.AllowedOrigins,
 		// Compression stays off: it costs tens of KiB per connection, and
@@ -178,11 +179,32 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		// Accept has written the HTTP error (403 for a foreign origin).
 		s.refused.WithLabelValues("handshake").Inc()
 		s.log.Info("upgrade refused", "ip", ip.String(), "err", err)
+		s.limits.release(ip)
 		return
 	}
 	// The token may come as ?token=; it is never logged (no log line here
 	// holds the URL).
-	s.hub.Serve(conn, raw, hub.ConnInfo{IP: ip.String(), Token: r.URL.Query().Get("token")})
+	info := hub.ConnInfo{IP: ip.String(), Token: r.URL.Query().Get("token")}
+	// Serve on a goroutine of its own and return: net/http's goroutine for
+	// this connection, and the buffers it holds, go away (an idle connection
+	// costs one small goroutine, not two).
+	s.sessions.Go(func() {
+		defer s.limits.release(ip)
+		s.hub.Serve(conn, raw, info)
+	})
+}
+
+// Wait blocks until every WebSocket session the server started has ended, or
+// ctx ends. The hub ends them when it drains or stops.
+func (s *Server) Wait(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { s.sessions.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 type publishRequest struct {

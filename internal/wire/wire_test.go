@@ -150,3 +150,22 @@ func FuzzDecode(f *testing.F) {
 		})
 	})
 }
+
+func BenchmarkDecodePublish(b *testing.B) {
+	line := []byte(`{"type":"publish","room":"chat:general","data":{"text":"` + strings.Repeat("x", 100) + `"},"id":42}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Decode(line); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkAppendMessage(b *testing.B) {
+	data := []byte(`{"text":"` + strings.Repeat("x", 100) + `"}`)
+	buf := make([]byte, 0, 256)
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = AppendMessage(buf[:0], "chat:general", data)
+	}
+}
