@@ -31,3 +31,16 @@ func TestHistQuantiles(t *testing.T) {
 		}
 	}
 }
+
+func TestField(t *testing.T) {
+	line := []byte(`{"type":"message","room":"r","data":{"p":-3,"s":42,"t":1700000000000000000,"x":"y"}}`)
+	for _, tt := range []struct {
+		key  string
+		want int64
+		ok   bool
+	}{{`"p":`, -3, true}, {`"s":`, 42, true}, {`"t":`, 1700000000000000000, true}, {`"q":`, 0, false}} {
+		if got, ok := field(line, tt.key); got != tt.want || ok != tt.ok {
+			t.Errorf("field %s: got %d, %v; want %d, %v", tt.key, got, ok, tt.want, tt.ok)
+		}
+	}
+}

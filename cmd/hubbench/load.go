@@ -270,10 +270,17 @@ func field(line []byte, key string) (int64, bool) {
 		return 0, false
 	}
 	s := line[i+len(key):]
+	neg := len(s) > 0 && s[0] == '-'
+	if neg {
+		s = s[1:]
+	}
 	var v int64
 	j := 0
 	for ; j < len(s) && s[j] >= '0' && s[j] <= '9'; j++ {
 		v = v*10 + int64(s[j]-'0')
+	}
+	if neg {
+		v = -v
 	}
 	return v, j > 0
 }

@@ -61,6 +61,7 @@ func run(ctx context.Context, environ []string, logOut io.Writer) error {
 		SendQueue:         cfg.SendQueue,
 		MaxMessageBytes:   cfg.MaxMessageBytes,
 		WriteTimeout:      cfg.WriteTimeout,
+		WriteCoalesce:     cfg.WriteCoalesce,
 		PingInterval:      cfg.PingInterval,
 		AuthTimeout:       cfg.AuthTimeout,
 		ClientRate:        cfg.ClientRate,

@@ -35,6 +35,7 @@ type Config struct {
 	LogLevel        string        `env:"HUB_LOG_LEVEL" envDefault:"info"`
 	LogFormat       string        `env:"HUB_LOG_FORMAT" envDefault:"json"`
 	WriteTimeout    time.Duration `env:"HUB_WRITE_TIMEOUT" envDefault:"10s"`
+	WriteCoalesce   time.Duration `env:"HUB_WRITE_COALESCE" envDefault:"0s"`
 
 	JWTSecret        string        `env:"HUB_JWT_SECRET"`
 	JWTPublicKeyFile string        `env:"HUB_JWT_PUBLIC_KEY_FILE"`
@@ -121,6 +122,9 @@ func (c *Config) validate() error {
 	}
 	if c.WriteTimeout <= 0 {
 		bad("HUB_WRITE_TIMEOUT", "must be positive, e.g. 10s")
+	}
+	if c.WriteCoalesce < 0 || c.WriteCoalesce > time.Second {
+		bad("HUB_WRITE_COALESCE", "must be between 0 (off) and 1s, e.g. 2ms")
 	}
 	if c.PingInterval < 0 {
 		bad("HUB_PING_INTERVAL", "must be 0 (off) or positive, e.g. 25s")

@@ -289,6 +289,10 @@ func (c *Client) close(code websocket.StatusCode, reason string) {
 // newline-separated WebSocket frame, until the queue is empty.
 func (c *Client) writeLoop() {
 	defer c.wg.Done()
+	if d := c.hub.cfg.WriteCoalesce; d > 0 {
+		// Let more messages join this one: one frame, one syscall for all.
+		time.Sleep(d)
+	}
 	var batch [][]byte
 	for {
 		c.mu.Lock()
@@ -345,7 +349,20 @@ func (c *Client) writeBatch(frames [][]byte) error {
 	return c.write(buf.Bytes())
 }
 
+// write writes one frame within WriteTimeout. With the raw connection at hand
+// the deadline is the socket's own: no context, timer or goroutine per write,
+// and no lock shared with other clients (the hub's context). A stopped hub
+// cuts the socket, which ends a write in progress.
 func (c *Client) write(p []byte) error {
+	if c.raw != nil {
+		if err := c.raw.SetWriteDeadline(time.Now().Add(c.hub.cfg.WriteTimeout)); err != nil {
+			return err
+		}
+		// Clear it after: a stale deadline would fail the next control frame
+		// (a ping, the close of a drain) that coder/websocket writes itself.
+		defer c.raw.SetWriteDeadline(time.Time{})
+		return c.conn.Write(context.Background(), websocket.MessageText, p)
+	}
 	ctx, cancel := context.WithTimeout(c.hub.ctx, c.hub.cfg.WriteTimeout)
 	defer cancel()
 	return c.conn.Write(ctx, websocket.MessageText, p)

@@ -15,7 +15,7 @@ import (
 
 func TestDrainClosesEveryClientWith1012AndAHintInPacedBatches(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		n := newTestNode(t, Config{})
+		n := newTestNode(t, Config{WriteTimeout: 5 * time.Second})
 		defer n.run()()
 		const clients = 50
 		cs := make([]*testClient, clients)
@@ -44,6 +44,14 @@ func TestDrainClosesEveryClientWith1012AndAHintInPacedBatches(t *testing.T) {
 				}
 				hints <- *hint.ReconnectAfterMS
 			}()
+		}
+		// Regression: idle past the write timeout since their last write, with
+		// keepalive pings in between; a stale socket deadline would fail the
+		// close frame.
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		if got := n.hub.Clients(); got != clients {
+			t.Fatalf("after a minute idle: got %d clients, want %d (keepalive cut live peers)", got, clients)
 		}
 		start := time.Now()
 		err := n.hub.Drain(context.Background(), DrainOptions{ReconnectWindow: 3 * time.Second, BatchSize: 10, BatchInterval: time.Second})
