@@ -136,6 +136,13 @@ func (c *testClient) sendRaw(frame string) {
 	}
 }
 
+// join subscribes to room and waits for the ack.
+func (c *testClient) join(room string) {
+	c.t.Helper()
+	c.sendRaw(`{"type":"subscribe","room":"` + room + `","id":1}`)
+	c.expect(map[string]any{"type": "ack", "id": 1})
+}
+
 // read reads one frame and splits it into objects.
 func (c *testClient) read() ([]map[string]any, error) {
 	// No timeout: inside a synctest bubble a read that can never finish is a

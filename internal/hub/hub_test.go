@@ -26,8 +26,7 @@ func TestServeBeforeRun(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		n := newTestNode(t, Config{})
 		a, b := n.dial(), n.dial()
-		a.sendRaw(`{"type":"subscribe","room":"r","id":1}`)
-		a.expect(map[string]any{"type": "ack", "id": 1})
+		a.join("r")
 		b.sendRaw(`{"type":"publish","room":"r","data":{"n":1},"id":"p"}`)
 		b.expect(map[string]any{"type": "ack", "id": "p"})
 		a.expect(map[string]any{"type": "message", "room": "r", "data": map[string]any{"n": 1}})
@@ -117,8 +116,7 @@ func TestSlowConsumerIsCutOffAndOthersUnaffected(t *testing.T) {
 		defer n.run()()
 		slow, fast := n.dial(), n.dial()
 		for _, c := range []*testClient{slow, fast} {
-			c.sendRaw(`{"type":"subscribe","room":"r","id":1}`)
-			c.expect(map[string]any{"type": "ack", "id": 1})
+			c.join("r")
 		}
 		const msgs = 500
 		var got []map[string]any
@@ -162,8 +160,7 @@ func TestQueuedMessagesAreBatched(t *testing.T) {
 		n := newTestNode(t, Config{})
 		defer n.run()()
 		c := n.dial()
-		c.sendRaw(`{"type":"subscribe","room":"r","id":1}`)
-		c.expect(map[string]any{"type": "ack", "id": 1})
+		c.join("r")
 		const msgs = 50
 		for i := range msgs {
 			n.hub.Publish(context.Background(), "r", fmt.Appendf(nil, "%d", i))
@@ -324,8 +321,7 @@ func TestDeliverDropsOwnPayloadsAndServesOthers(t *testing.T) {
 		n := newTestNode(t, Config{NodeID: "me"})
 		defer n.run()()
 		c := n.dial()
-		c.sendRaw(`{"type":"subscribe","room":"r","id":1}`)
-		c.expect(map[string]any{"type": "ack", "id": 1})
+		c.join("r")
 		n.hub.Deliver("r", "me\n"+`{"type":"message","room":"r","data":"own"}`)
 		n.hub.Deliver("r", "garbage-without-newline")
 		n.hub.Deliver("r", "other\n"+`{"type":"message","room":"r","data":"theirs"}`)
@@ -344,8 +340,7 @@ func TestPublishFailsWhenBrokerRefuses(t *testing.T) {
 		n := newTestNode(t, Config{})
 		defer n.run()()
 		c := n.dial()
-		c.sendRaw(`{"type":"subscribe","room":"r","id":1}`)
-		c.expect(map[string]any{"type": "ack", "id": 1})
+		c.join("r")
 		n.broker.Close()
 		c.sendRaw(`{"type":"publish","room":"r","data":1,"id":2}`)
 		c.expect(map[string]any{"type": "error", "code": "unavailable", "id": 2})
