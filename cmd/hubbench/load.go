@@ -48,8 +48,10 @@ type load struct {
 type result struct {
 	Connected   int           `json:"connected"`
 	ConnectErrs int           `json:"connect_errors"`
-	Sent        map[int]int64 `json:"sent"`     // per room
-	Received    int64         `json:"received"` // message objects
+	Sent        map[int]int64 `json:"sent"`        // per room
+	Received    int64         `json:"received"`    // message objects
+	Errors      int64         `json:"errors"`      // error replies (rate_limited, forbidden, ...)
+	WriteFails  int64         `json:"write_fails"` // publishes that could not be written
 	Duplicates  int64         `json:"duplicates"`
 	Reordered   int64         `json:"reordered"`
 	Latency     *hist         `json:"latency"`
@@ -70,6 +72,8 @@ func (r *result) merge(o *result) {
 		r.Sent[k] += v
 	}
 	r.Received += o.Received
+	r.Errors += o.Errors
+	r.WriteFails += o.WriteFails
 	r.Duplicates += o.Duplicates
 	r.Reordered += o.Reordered
 	r.Latency.merge(o.Latency)
@@ -89,6 +93,7 @@ type conn struct {
 	mu       sync.Mutex
 	last     map[int]int64 // publisher -> last sequence seen
 	received int64
+	errors   int64
 	dups     int64
 	reorder  int64
 	lat      *hist
@@ -241,6 +246,12 @@ func (c *conn) read() {
 				close(c.acked)
 				continue
 			}
+			if bytes.HasPrefix(line, []byte(`{"type":"error"`)) {
+				c.mu.Lock()
+				c.errors++
+				c.mu.Unlock()
+				continue
+			}
 			pub, ok1 := field(line, `"p":`)
 			seq, ok2 := field(line, `"s":`)
 			sent, ok3 := field(line, `"t":`)
@@ -311,6 +322,7 @@ func (l *load) publish(ctx context.Context, pubs []*conn, res *result) {
 		buf = fmt.Appendf(buf[:0], `{"type":"publish","room":%q,"data":{"p":%d,"s":%d,"t":%d,"x":%q}}`,
 			l.roomName(c.room), c.idx, seqs[j], due.UnixNano(), pad)
 		if err := c.ws.Write(ctx, websocket.MessageText, buf); err != nil {
+			res.WriteFails++
 			continue
 		}
 		res.Sent[c.room]++
@@ -373,6 +385,14 @@ func (l *load) run(ctx context.Context, ready func()) *result {
 	all := members
 	if !l.MembersPublish { // member publishers are among the members already
 		all = append(all, pubs...)
+	}
+	for _, c := range append(members, pubs...) { // error replies go to publishers too
+		c.mu.Lock()
+		res.Errors += c.errors
+		c.mu.Unlock()
+	}
+	if l.MembersPublish {
+		res.Errors /= 2 // member publishers were counted twice just above
 	}
 	for _, c := range all {
 		c.mu.Lock()

@@ -106,6 +106,9 @@ func (r *report) print(w io.Writer) {
 		fmt.Fprintf(tw, "delivered\t%d of %d expected (missing %d, duplicated %d, out of order %d, unexpected %d)\n",
 			res.Received, r.Expected, r.Missing, res.Duplicates, res.Reordered, r.Excess)
 		fmt.Fprintf(tw, "latency p50 / p90 / p99 / p99.9\t%.2f / %.2f / %.2f / %.2f ms\n", r.P50, r.P90, r.P99, r.P999)
+		if res.Errors > 0 || res.WriteFails > 0 {
+			fmt.Fprintf(tw, "rejected\t%d error replies, %d publishes not written (a node's HUB_CLIENT_RATE? see its /metrics)\n", res.Errors, res.WriteFails)
+		}
 	}
 	tw.Flush()
 }
