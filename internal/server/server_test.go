@@ -58,9 +58,7 @@ func startNode(t *testing.T, cfg Config, run bool) *node {
 	var wg sync.WaitGroup
 	if run {
 		wg.Go(func() { h.Run(ctx) })
-		for !h.Running() {
-			time.Sleep(time.Millisecond)
-		}
+		waitRunning(t, h)
 	}
 	n := &node{srv: s, hub: h, broker: broker, http: ts, url: ts.URL, stop: func() { cancel(); wg.Wait() }}
 	t.Cleanup(func() {
@@ -72,6 +70,18 @@ func startNode(t *testing.T, cfg Config, run bool) *node {
 		ts.Close()
 	})
 	return n
+}
+
+// waitRunning polls until Run has started, failing the test after 10s.
+func waitRunning(t *testing.T, h *hub.Hub) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !h.Running() {
+		if time.Now().After(deadline) {
+			t.Fatal("the hub's Run never started")
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func dial(t *testing.T, n *node, h http.Header) *websocket.Conn {
@@ -239,9 +249,7 @@ func TestReadinessAndDraining(t *testing.T) {
 	var wg sync.WaitGroup
 	wg.Go(func() { n.hub.Run(ctx) })
 	defer func() { cancel(); wg.Wait() }()
-	for !n.hub.Running() {
-		time.Sleep(time.Millisecond)
-	}
+	waitRunning(t, n.hub)
 	if got := get("/readyz"); got != 200 {
 		t.Errorf("running: /readyz got %d, want 200", got)
 	}

@@ -143,6 +143,17 @@ func (m *member) connect() error {
 	}
 	c.SetReadLimit(-1)
 	c.Write(ctx, websocket.MessageText, fmt.Appendf(nil, `{"type":"subscribe","room":%q,"id":"s"}`, m.room))
+	// Joined once the ack arrives: the room's subscription is live then.
+	for {
+		_, p, err := c.Read(ctx)
+		if err != nil {
+			c.CloseNow()
+			return fmt.Errorf("subscribe: %w", err)
+		}
+		if m.consume(p) {
+			break
+		}
+	}
 	m.mu.Lock()
 	m.conn = c
 	m.mu.Unlock()
@@ -157,26 +168,7 @@ func (m *member) loop() {
 		m.mu.Unlock()
 		_, p, err := c.Read(context.Background())
 		if err == nil {
-			for line := range strings.SplitSeq(string(p), "\n") {
-				var msg struct {
-					Type string
-					Data json.RawMessage
-				}
-				json.Unmarshal([]byte(line), &msg)
-				if msg.Type != "message" {
-					continue
-				}
-				var seq int
-				if json.Unmarshal(msg.Data, &seq) == nil {
-					m.mu.Lock()
-					m.seqs[seq] = true
-					m.mu.Unlock()
-				} else {
-					var s string
-					json.Unmarshal(msg.Data, &s)
-					m.markers <- s
-				}
-			}
+			m.consume(p)
 			continue
 		}
 		if m.stopped.Load() {
@@ -209,6 +201,35 @@ func (m *member) loop() {
 		m.moves++
 		m.mu.Unlock()
 	}
+}
+
+// consume records what a frame brings: sequence numbers and markers. It
+// reports whether the frame held an ack.
+func (m *member) consume(p []byte) (acked bool) {
+	for line := range strings.SplitSeq(string(p), "\n") {
+		var msg struct {
+			Type string
+			Data json.RawMessage
+		}
+		json.Unmarshal([]byte(line), &msg)
+		if msg.Type == "ack" {
+			acked = true
+		}
+		if msg.Type != "message" {
+			continue
+		}
+		var seq int
+		if json.Unmarshal(msg.Data, &seq) == nil {
+			m.mu.Lock()
+			m.seqs[seq] = true
+			m.mu.Unlock()
+		} else {
+			var s string
+			json.Unmarshal(msg.Data, &s)
+			m.markers <- s
+		}
+	}
+	return acked
 }
 
 func (m *member) expectMarker(want string) {
@@ -369,7 +390,6 @@ func TestComposeRollingRestart(t *testing.T) {
 	if code := strings.TrimSpace(string(out)); code != "0" {
 		t.Errorf("drained replica exited %s, want 0", code)
 	}
-	time.Sleep(500 * time.Millisecond) // let the rejoined clients' subscribes land
 	if code := publishLB(t, lb, "after-drain"); code != 202 {
 		t.Fatalf("publish after the drain: got %d", code)
 	}

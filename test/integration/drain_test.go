@@ -133,10 +133,14 @@ func TestDrainUnderLoad(t *testing.T) {
 	watcher := dialNode(t, b)
 	watcher.subscribe("room-0")
 	c.waitNumsub(t, "room-0", 2)
+	http.DefaultClient.CloseIdleConnections()
 	baseGoroutines, baseFDs := b.metric("go_goroutines"), b.metric("process_open_fds")
 
 	stopWatch := watchReady(a)
-	for a.metric("hub_connections") != clients {
+	for deadline := time.Now().Add(30 * time.Second); a.metric("hub_connections") != clients; {
+		if time.Now().After(deadline) {
+			t.Fatalf("node A holds %v connections, want %d", a.metric("hub_connections"), clients)
+		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	start := time.Now()
@@ -208,6 +212,7 @@ func TestDrainUnderLoad(t *testing.T) {
 	for _, cl := range moved {
 		cl.conn.Close(websocket.StatusNormalClosure, "")
 	}
+	http.DefaultClient.CloseIdleConnections() // the publish above used keep-alive
 	// B's goroutines and descriptors come back to where they were.
 	deadline := time.Now().Add(20 * time.Second)
 	for {

@@ -369,7 +369,9 @@ func (n *node) waitStatus(code int, timeout time.Duration) time.Duration {
 // exposed), or -1 if absent.
 func (n *node) metric(name string) float64 {
 	n.t.Helper()
-	resp, err := http.Get(n.url("/metrics"))
+	// No keep-alive: an idle connection of ours would count among the
+	// node's goroutines and descriptors that tests compare.
+	resp, err := metricsClient.Get(n.url("/metrics"))
 	if err != nil {
 		n.t.Fatalf("metrics: %v", err)
 	}
@@ -384,6 +386,8 @@ func (n *node) metric(name string) float64 {
 	}
 	return -1
 }
+
+var metricsClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
 
 func (n *node) publishHTTP(room string, data any) int {
 	n.t.Helper()
