@@ -37,10 +37,7 @@ func (h *Hub) Drain(ctx context.Context, opts DrainOptions) error {
 	}
 	h.mu.Lock()
 	h.draining = true
-	clients := make([]*Client, 0, len(h.clients))
-	for c := range h.clients {
-		clients = append(clients, c)
-	}
+	clients := h.clientsLocked()
 	h.mu.Unlock()
 	h.log.Info("closing clients", "clients", len(clients), "reconnect_window", opts.ReconnectWindow.String())
 
@@ -72,12 +69,18 @@ func reconnectHint(window time.Duration) string {
 // forced end of a drain whose time is up.
 func (h *Hub) Cut() {
 	h.mu.RLock()
+	clients := h.clientsLocked()
+	h.mu.RUnlock()
+	h.cut(clients)
+}
+
+// clientsLocked returns the connected clients; h.mu must be held.
+func (h *Hub) clientsLocked() []*Client {
 	clients := make([]*Client, 0, len(h.clients))
 	for c := range h.clients {
 		clients = append(clients, c)
 	}
-	h.mu.RUnlock()
-	h.cut(clients)
+	return clients
 }
 
 func (h *Hub) cut(clients []*Client) {
