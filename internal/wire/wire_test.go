@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestDecode(t *testing.T) {
@@ -20,7 +21,9 @@ func TestDecode(t *testing.T) {
 		{line: `{"type":"unsubscribe","room":"a.b_c-d"}`, wantType: "unsubscribe", wantRoom: "a.b_c-d"},
 		{line: `{"type":"publish","room":"r","data":{"a":[1,2]},"id":"x"}`, wantType: "publish", wantRoom: "r", wantID: `"x"`, wantData: `{"a":[1,2]}`},
 		{line: `{"type":"publish","room":"r","data":null}`, wantType: "publish", wantRoom: "r", wantData: "null"},
+		{line: ` { "type" : "publish" , "room" : "r" , "data" : [ 1 , "}" ] } `, wantType: "publish", wantRoom: "r", wantData: `[ 1 , "}" ]`},
 		{line: `{"type":"subscribe","room":"r","extra":true}`, wantType: "subscribe", wantRoom: "r"},
+		{line: `{"\u0074ype":"subscribe","room":"r"}`, wantType: "subscribe", wantRoom: "r"},
 		{line: `{"type":"publish","room":"r"}`, wantCode: CodeBadRequest},
 		{line: `{"type":"publish","room":"r","data":1,"id":[1]}`, wantCode: CodeBadRequest},
 		{line: `{"type":"nope","room":"r"}`, wantCode: CodeBadRequest},
@@ -31,11 +34,34 @@ func TestDecode(t *testing.T) {
 		{line: `{"type":"subscribe","room":"` + strings.Repeat("r", 128) + `"}`, wantType: "subscribe", wantRoom: strings.Repeat("r", 128)},
 		{line: `{"type":"subscribe","room":"` + strings.Repeat("r", 129) + `"}`, wantCode: CodeBadRoom},
 		{line: `not json`, wantCode: CodeBadRequest},
+		{line: `[1,2]`, wantCode: CodeBadRequest},
+		{line: `"subscribe"`, wantCode: CodeBadRequest},
 		{line: `{"type":"auth","token":"abc","id":3}`, wantType: "auth", wantID: "3"},
 		{line: `{"type":"auth"}`, wantCode: CodeBadRequest},
 		{line: `{"type":"auth","token":""}`, wantCode: CodeBadRequest},
 		{line: `{"type":"auth","token":5}`, wantCode: CodeBadRequest},
 		{line: `{"type":"subscribe","room":"r"} trailing`, wantCode: CodeBadRequest},
+		{line: `{"type":"subscribe","room":"r"}{}`, wantCode: CodeBadRequest},
+		// Keys match exactly: "Type" and "ROOM" are unknown keys, ignored.
+		{line: `{"Type":"subscribe","room":"r","id":1}`, wantCode: CodeBadRequest, wantID: "1"},
+		{line: `{"type":"subscribe","ROOM":"r","id":1}`, wantCode: CodeBadRoom, wantID: "1"},
+		// A duplicate key is an error, never last-wins; the id is kept.
+		{line: `{"type":"subscribe","room":"a","room":"b","id":2}`, wantCode: CodeBadRequest, wantID: "2"},
+		{line: `{"type":"subscribe","type":"publish","room":"a","data":1}`, wantCode: CodeBadRequest},
+		{line: `{"type":"subscribe","room":"a","id":1,"id":2}`, wantCode: CodeBadRequest},
+		// A field of the wrong JSON type keeps the request's id in the error.
+		{line: `{"type":"subscribe","room":["r"],"id":"k"}`, wantCode: CodeBadRequest, wantID: `"k"`},
+		{line: `{"type":7,"room":"r","id":8}`, wantCode: CodeBadRequest, wantID: "8"},
+		{line: `{"type":"publish","room":"r","data":1,"idempotency_key":5,"id":9}`, wantCode: CodeBadRequest, wantID: "9"},
+		{line: `{"type":"publish","room":"r","data":1,"idempotency_key":"","id":9}`, wantCode: CodeBadRequest, wantID: "9"},
+		{line: `{"type":"publish","room":"r","data":1,"idempotency_key":"has space"}`, wantCode: CodeBadRequest},
+		{line: `{"type":"subscribe","room":"r","presence":"yes","id":1}`, wantCode: CodeBadRequest, wantID: "1"},
+		{line: `{"type":"subscribe","room":"r","since":5,"id":1}`, wantCode: CodeBadRequest, wantID: "1"},
+		{line: `{"type":"subscribe","room":"r","since":{"offset":-1,"epoch":"e"}}`, wantCode: CodeBadRequest},
+		{line: `{"type":"subscribe","room":"r","since":{"offset":1.5,"epoch":"e"}}`, wantCode: CodeBadRequest},
+		{line: `{"type":"subscribe","room":"r","since":{"offset":1}}`, wantCode: CodeBadRequest},
+		{line: `{"type":"subscribe","room":"r","since":{"offset":1,"epoch":"e","offset":2}}`, wantCode: CodeBadRequest},
+		{line: `{"type":"subscribe","room":"r","since":{"Offset":1,"epoch":"e"}}`, wantCode: CodeBadRequest},
 	}
 	for _, tt := range tests {
 		req, err := Decode([]byte(tt.line))
@@ -45,8 +71,8 @@ func TestDecode(t *testing.T) {
 				t.Errorf("Decode(%s): got error %v, want code %s", tt.line, err, tt.wantCode)
 				continue
 			}
-			if e.Code != tt.wantCode {
-				t.Errorf("Decode(%s): got code %s, want %s", tt.line, e.Code, tt.wantCode)
+			if e.Code != tt.wantCode || string(e.ID) != tt.wantID {
+				t.Errorf("Decode(%s): got code %s id %s, want %s id %s", tt.line, e.Code, e.ID, tt.wantCode, tt.wantID)
 			}
 			continue
 		}
@@ -57,6 +83,70 @@ func TestDecode(t *testing.T) {
 		if req.Type != tt.wantType || req.Room != tt.wantRoom || string(req.ID) != tt.wantID || string(req.Data) != tt.wantData {
 			t.Errorf("Decode(%s): got %q %q id=%s data=%s, want %q %q id=%s data=%s", tt.line,
 				req.Type, req.Room, req.ID, req.Data, tt.wantType, tt.wantRoom, tt.wantID, tt.wantData)
+		}
+	}
+}
+
+func TestDecodeV11Fields(t *testing.T) {
+	req, err := Decode([]byte(`{"type":"subscribe","room":"r","since":{"epoch":"ab12","offset":41},"presence":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if req.Since == nil || *req.Since != (Since{Offset: 41, Epoch: "ab12"}) || !req.Presence {
+		t.Fatalf("got since %+v presence %v, want {41 ab12} true", req.Since, req.Presence)
+	}
+	req, err = Decode([]byte(`{"type":"publish","room":"r","data":1,"idempotency_key":"order-7:a"}`))
+	if err != nil || req.IdempotencyKey != "order-7:a" {
+		t.Fatalf("got key %q, %v; want order-7:a", req.IdempotencyKey, err)
+	}
+	req, err = Decode([]byte(`{"type":"presence","room":"r","id":1}`))
+	if err != nil || req.Type != TypePresence {
+		t.Fatalf("got %+v, %v; want a presence request", req, err)
+	}
+}
+
+func TestDecodePublishBody(t *testing.T) {
+	tests := []struct {
+		body, wantCode, wantData, wantKey string
+	}{
+		{body: `{"room":"r","data": {"a" : [1, 2]} }`, wantData: `{"a":[1,2]}`},
+		{body: `{"room":"r","data":"x","idempotency_key":"k1"}` + "\n", wantData: `"x"`, wantKey: "k1"},
+		{body: `{"room":"r","data":1}}`, wantCode: CodeBadRequest},
+		{body: `{"room":"r","data":1} {"room":"r","data":2}`, wantCode: CodeBadRequest},
+		{body: `{"room":"r","data":1}garbage`, wantCode: CodeBadRequest},
+		{body: `{"room":"r","room":"s","data":1}`, wantCode: CodeBadRequest},
+		{body: `{"Room":"r","data":1}`, wantCode: CodeBadRoom},
+		{body: `{"room":"r"}`, wantCode: CodeBadRequest},
+		{body: `{"room":"a b","data":1}`, wantCode: CodeBadRoom},
+		{body: `{"room":1,"data":1}`, wantCode: CodeBadRequest},
+		{body: ``, wantCode: CodeBadRequest},
+	}
+	for _, tt := range tests {
+		b, err := DecodePublishBody([]byte(tt.body))
+		var gotCode string
+		if err != nil {
+			gotCode = err.Code
+		}
+		if gotCode != tt.wantCode {
+			t.Errorf("DecodePublishBody(%s): got code %q, want %q", tt.body, gotCode, tt.wantCode)
+			continue
+		}
+		if err == nil && (string(b.Data) != tt.wantData || b.IdempotencyKey != tt.wantKey) {
+			t.Errorf("DecodePublishBody(%s): got data %s key %q, want %s %q", tt.body, b.Data, b.IdempotencyKey, tt.wantData, tt.wantKey)
+		}
+	}
+}
+
+func TestReconnectHint(t *testing.T) {
+	for _, d := range []time.Duration{0, 1200 * time.Millisecond, 5 * time.Second} {
+		got, ok := ParseReconnectHint(ReconnectHint(d))
+		if !ok || got != d {
+			t.Errorf("ParseReconnectHint(ReconnectHint(%v)): got %v %v, want %v true", d, got, ok, d)
+		}
+	}
+	for _, reason := range []string{"", "going away", `{"reconnect_after_ms":"5"}`, `{"reconnect_after_ms":-1}`, `{}`} {
+		if _, ok := ParseReconnectHint(reason); ok {
+			t.Errorf("ParseReconnectHint(%q): got ok, want no hint", reason)
 		}
 	}
 }
@@ -79,8 +169,14 @@ func TestSplit(t *testing.T) {
 
 func TestEncodedObjectsAreJSON(t *testing.T) {
 	for _, b := range [][]byte{
-		AppendMessage(nil, "room:1", []byte(`{"x":"y"}`)),
+		AppendMessage(nil, "room:1", 0, []byte(`{"x":"y"}`)),
+		AppendMessage(nil, "room:1", 18446744073709551615, []byte(`{"x":"y"}`)),
 		AppendAck(nil, json.RawMessage(`"id-1"`)),
+		AppendSubscribeAck(nil, []byte("1"), "r", Position{}, nil),
+		AppendSubscribeAck(nil, []byte("1"), "r", Position{Epoch: "e\"", Offset: 9}, new(true)),
+		AppendPublishAck(nil, []byte(`"p"`), 0),
+		AppendPublishAck(nil, []byte(`"p"`), 7),
+		AppendUnsubscribed(nil, "r", CodeForbidden, "token \" narrowed"),
 		AppendError(nil, &Error{Code: CodeBadRoom, Message: "quote \" and <tag> and \n newline", ID: json.RawMessage("5")}),
 		AppendError(nil, &Error{Code: CodeBadRequest, Message: "no id"}),
 		AppendGap(nil, "r"),
@@ -93,15 +189,17 @@ func TestEncodedObjectsAreJSON(t *testing.T) {
 			t.Errorf("%s: holds a newline", b)
 		}
 	}
-	if got, want := len(AppendMessage(nil, "room", []byte("123"))), MessageLen("room", []byte("123")); got != want {
-		t.Errorf("MessageLen: got %d, want %d", want, got)
+	for _, off := range []uint64{0, 1, 18446744073709551615} {
+		if got, limit := len(AppendMessage(nil, "room", off, []byte("123"))), MessageLen("room", off, []byte("123")); got > limit {
+			t.Errorf("MessageLen(offset %d): got %d, want at least the %d bytes AppendMessage writes", off, limit, got)
+		}
 	}
 }
 
 func TestAppendMessageDoesNotAllocateWithRoom(t *testing.T) {
 	buf := make([]byte, 0, 256)
 	data := []byte(`{"n":1}`)
-	if n := testing.AllocsPerRun(100, func() { buf = AppendMessage(buf[:0], "r", data) }); n != 0 {
+	if n := testing.AllocsPerRun(100, func() { buf = AppendMessage(buf[:0], "r", 42, data) }); n != 0 {
 		t.Errorf("got %v allocations, want 0", n)
 	}
 }
@@ -140,7 +238,7 @@ func FuzzDecode(f *testing.F) {
 			if ValidateRoom(req.Room) != nil {
 				t.Fatalf("Decode(%q) accepted room %q", line, req.Room)
 			}
-			if req.Type == TypePublish && !json.Valid(AppendMessage(nil, req.Room, req.Data)) {
+			if req.Type == TypePublish && !json.Valid(AppendMessage(nil, req.Room, 3, req.Data)) {
 				t.Fatalf("message built from %q is not JSON", line)
 			}
 			if len(req.ID) > 0 && !json.Valid(AppendAck(nil, req.ID)) {
@@ -166,6 +264,6 @@ func BenchmarkAppendMessage(b *testing.B) {
 	buf := make([]byte, 0, 256)
 	b.ReportAllocs()
 	for b.Loop() {
-		buf = AppendMessage(buf[:0], "chat:general", data)
+		buf = AppendMessage(buf[:0], "chat:general", 42, data)
 	}
 }
