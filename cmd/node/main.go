@@ -5,6 +5,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -47,7 +49,10 @@ func run(ctx context.Context, environ []string, logOut io.Writer) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	broker, err := newBroker(cfg, log, reg)
+	// The origin tells this process apart from every other, even one that
+	// was given the same HUB_NODE_ID by mistake.
+	origin := cfg.NodeID + "-" + randomHex(4)
+	broker, err := newBroker(cfg, origin, log, reg)
 	if err != nil {
 		return err
 	}
@@ -58,7 +63,12 @@ func run(ctx context.Context, environ []string, logOut io.Writer) error {
 	trusted, _ := cfg.TrustedProxies() // validated by config.Load
 	hcfg := hub.Config{
 		NodeID:            cfg.NodeID,
+		Origin:            origin,
 		SendQueue:         cfg.SendQueue,
+		SlowTimeout:       cfg.SlowTimeout,
+		SendQueueBytes:    cfg.SendQueueBytes,
+		HistorySize:       cfg.HistorySize,
+		BrokerTimeout:     cfg.BrokerTimeout,
 		MaxMessageBytes:   cfg.MaxMessageBytes,
 		WriteTimeout:      cfg.WriteTimeout,
 		WriteCoalesce:     cfg.WriteCoalesce,
@@ -98,31 +108,27 @@ func run(ctx context.Context, environ []string, logOut io.Writer) error {
 	if cfg.RedisURL != "" {
 		brokerName = "redis " + cfg.RedactedRedisURL()
 	}
-	log.Info("node started", "addr", ln.Addr().String(), "node_id", cfg.NodeID, "broker", brokerName)
+	log.Info("node started", "addr", ln.Addr().String(), "node_id", cfg.NodeID, "origin", origin, "broker", brokerName,
+		"history_size", cfg.HistorySize)
 
 	return serve(ctx, cfg, log, reg, ln, srv, h, broker)
 }
 
-// broker is what the node needs of its broker: pubsub.Memory or pubsub.Redis.
-type broker interface {
-	hub.Broker
-	Run(ctx context.Context, sink pubsub.Sink) error
-	StopSubscriptions(ctx context.Context) error
-	Ready() error
-	Close() error
-}
-
-func newBroker(cfg config.Config, log *slog.Logger, reg prometheus.Registerer) (broker, error) {
+func newBroker(cfg config.Config, origin string, log *slog.Logger, reg prometheus.Registerer) (pubsub.Broker, error) {
 	if cfg.RedisURL == "" {
-		return pubsub.NewMemory(), nil
+		return pubsub.NewMemory(pubsub.MemoryConfig{HistorySize: cfg.HistorySize, HistoryTTL: cfg.HistoryTTL}), nil
 	}
 	redis.SetLogger(redisLogger{log.With("component", "go-redis")})
 	b, err := pubsub.NewRedis(pubsub.RedisConfig{
 		URL:           cfg.RedisURL,
 		Prefix:        cfg.RedisPrefix,
 		NodeID:        cfg.NodeID,
+		Origin:        origin,
 		ProbeInterval: cfg.ProbeInterval,
 		ProbeTimeout:  cfg.ProbeTimeout,
+		Timeout:       cfg.BrokerTimeout,
+		HistorySize:   cfg.HistorySize,
+		HistoryTTL:    cfg.HistoryTTL,
 		Logger:        log,
 		Registerer:    reg,
 	})
@@ -130,6 +136,12 @@ func newBroker(cfg config.Config, log *slog.Logger, reg prometheus.Registerer) (
 		return nil, fmt.Errorf("HUB_REDIS_URL: %w", err)
 	}
 	return b, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // newVerifier returns the token verifier HUB_JWT_* ask for, or nil (and a
@@ -173,7 +185,7 @@ func newLogger(cfg config.Config, out io.Writer) *slog.Logger {
 // serve runs the node until ctx ends, then drains it in order. A second
 // SIGTERM or SIGINT during the drain forces the remaining steps.
 func serve(ctx context.Context, cfg config.Config, log *slog.Logger, reg prometheus.Registerer,
-	ln net.Listener, srv *server.Server, h *hub.Hub, b broker) error {
+	ln net.Listener, srv *server.Server, h *hub.Hub, b pubsub.Broker) error {
 	mgr, err := lifecycle.New(cfg.DrainTimeout, log, reg)
 	if err != nil {
 		return err
@@ -212,16 +224,16 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, reg prometh
 		}
 		return err
 	})
+	// The hub closes its clients with 1012 and a reconnect hint, paced to
+	// fit the deadline, waits for every one to leave, and stops (cutting
+	// what is left when the deadline passes).
 	mgr.OnStop("close-clients", func(ctx context.Context) error {
-		return h.Drain(ctx, hub.DrainOptions{ReconnectWindow: cfg.ReconnectWindow})
+		return h.Shutdown(ctx, hub.DrainOptions{ReconnectWindow: cfg.ReconnectWindow})
 	})
-	mgr.OnStop("drain-unregistrations", func(ctx context.Context) error {
-		log.Info("waiting for clients to leave", "clients", h.Clients())
-		return h.WaitEmpty(ctx)
-	})
+	mgr.OnStop("drain-unregistrations", srv.Wait) // every WebSocket session has returned
 	mgr.OnStop("stop-hub", func(ctx context.Context) error {
-		stopHub() // cuts whatever is left
-		return errors.Join(wait(ctx, hubDone), srv.Wait(ctx))
+		stopHub()
+		return wait(ctx, hubDone)
 	})
 	mgr.OnStop("close-broker", func(ctx context.Context) error {
 		stopBroker()

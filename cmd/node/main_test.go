@@ -91,7 +91,7 @@ func TestRunServesAndStopsCleanly(t *testing.T) {
 	}
 	resp.Body.Close()
 	for _, c := range conns {
-		if _, p, err := c.Read(dialCtx); err != nil || string(p) != `{"type":"message","room":"demo","data":"hello"}` {
+		if _, p, err := c.Read(dialCtx); err != nil || string(p) != `{"type":"message","room":"demo","offset":1,"data":"hello"}` {
 			t.Fatalf("got %s, %v", p, err)
 		}
 	}

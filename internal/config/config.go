@@ -28,6 +28,11 @@ type Config struct {
 	AllowedOrigins  []string      `env:"HUB_ALLOWED_ORIGINS" envSeparator:","`
 	MaxMessageBytes int64         `env:"HUB_MAX_MESSAGE_BYTES" envDefault:"65536"`
 	SendQueue       int           `env:"HUB_SEND_QUEUE" envDefault:"256"`
+	SlowTimeout     time.Duration `env:"HUB_SLOW_CONSUMER_TIMEOUT" envDefault:"5s"`
+	SendQueueBytes  int           `env:"HUB_SEND_QUEUE_BYTES" envDefault:"1048576"`
+	HistorySize     int           `env:"HUB_HISTORY_SIZE" envDefault:"100"`
+	HistoryTTL      time.Duration `env:"HUB_HISTORY_TTL" envDefault:"5m"`
+	BrokerTimeout   time.Duration `env:"HUB_BROKER_TIMEOUT" envDefault:"5s"`
 	DrainTimeout    time.Duration `env:"HUB_DRAIN_TIMEOUT" envDefault:"25s"`
 	DrainDelay      time.Duration `env:"HUB_DRAIN_DELAY" envDefault:"5s"`
 	ReconnectWindow time.Duration `env:"HUB_RECONNECT_WINDOW" envDefault:"5s"`
@@ -110,6 +115,24 @@ func (c *Config) validate() error {
 	}
 	if c.SendQueue < 1 || c.SendQueue > 1<<20 {
 		bad("HUB_SEND_QUEUE", "%d is outside 1..1048576", c.SendQueue)
+	}
+	if c.SlowTimeout <= 0 {
+		bad("HUB_SLOW_CONSUMER_TIMEOUT", "must be positive, e.g. 5s")
+	}
+	if c.SendQueueBytes < 64<<10 || c.SendQueueBytes > 1<<30 {
+		bad("HUB_SEND_QUEUE_BYTES", "%d is outside 65536..1073741824", c.SendQueueBytes)
+	}
+	if c.HistorySize < 0 || c.HistorySize > 100000 {
+		bad("HUB_HISTORY_SIZE", "%d is outside 0 (off)..100000", c.HistorySize)
+	}
+	if c.HistoryTTL < time.Second || c.HistoryTTL > 30*24*time.Hour {
+		bad("HUB_HISTORY_TTL", "must be between 1s and 720h, e.g. 5m")
+	}
+	if c.BrokerTimeout < 10*time.Millisecond || c.BrokerTimeout > time.Minute {
+		bad("HUB_BROKER_TIMEOUT", "must be between 10ms and 1m, e.g. 5s")
+	}
+	if strings.ContainsAny(c.RedisPrefix, "{}") {
+		bad("HUB_REDIS_PREFIX", "must not contain '{' or '}' (a room's keys share the hash tag {prefix room})")
 	}
 	if c.DrainTimeout <= 0 {
 		bad("HUB_DRAIN_TIMEOUT", "must be positive, e.g. 25s")

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"net"
 	"net/http"
+	"time"
 
 	"github.com/coder/websocket"
 )
@@ -18,20 +19,35 @@ const (
 	connWriteBuffer = 512
 )
 
-// Accept upgrades r to a WebSocket like websocket.Accept, and also returns the
-// underlying network connection, which Serve needs to cut a connection even
-// while a close handshake is waiting on it.
+// Conn is an accepted WebSocket connection, ready for Serve.
+type Conn struct {
+	ws    *websocket.Conn
+	raw   net.Conn // the network connection under ws
+	pings *pingGate
+}
+
+// Accept upgrades r to a WebSocket like websocket.Accept, keeping the
+// network connection under it, which Serve needs to cut a connection even
+// while a close handshake is waiting on it. opts may be nil; its
+// OnPingReceived is the hub's (pings count against the client's rate limit).
 //
 // The connection does not depend on the HTTP handler: the handler may return
 // once Serve runs on a goroutine of its own, and net/http then frees its
-// per-connection goroutine and buffers.
-func Accept(w http.ResponseWriter, r *http.Request, opts *websocket.AcceptOptions) (*websocket.Conn, net.Conn, error) {
+// per-connection goroutine and buffers. Deadlines the HTTP server set for
+// the request are cleared: from here on the hub bounds every write itself.
+func Accept(w http.ResponseWriter, r *http.Request, opts *websocket.AcceptOptions) (*Conn, error) {
 	rec := &hijackRecorder{ResponseWriter: w}
-	conn, err := websocket.Accept(rec, r, opts)
-	if err != nil {
-		return nil, nil, err
+	var o websocket.AcceptOptions
+	if opts != nil {
+		o = *opts
 	}
-	return conn, rec.conn, nil
+	gate := &pingGate{}
+	o.OnPingReceived = gate.onPing
+	ws, err := websocket.Accept(rec, r, &o)
+	if err != nil {
+		return nil, err
+	}
+	return &Conn{ws: ws, raw: rec.conn, pings: gate}, nil
 }
 
 // hijackRecorder keeps the net.Conn that websocket.Accept hijacks, and hands
@@ -50,6 +66,9 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	// The server's read and write timeouts bound plain requests; a WebSocket
+	// lives on past them.
+	c.SetDeadline(time.Time{})
 	h.conn = c
 	var rc net.Conn = c
 	if n := brw.Reader.Buffered(); n > 0 {

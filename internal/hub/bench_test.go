@@ -21,7 +21,7 @@ import (
 func BenchmarkBroadcast(b *testing.B) {
 	for _, members := range []int{10, 100, 1000} {
 		b.Run(fmt.Sprintf("members=%d", members), func(b *testing.B) {
-			h, err := New(Config{NodeID: "bench", SendQueue: 1 << 16, PingInterval: -1}, pubsub.NewMemory())
+			h, err := New(Config{NodeID: "bench", SendQueue: 1 << 16, PingInterval: -1}, pubsub.NewMemory(pubsub.MemoryConfig{}))
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -29,8 +29,8 @@ func BenchmarkBroadcast(b *testing.B) {
 			var running sync.WaitGroup
 			running.Go(func() { h.Run(ctx) })
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if c, raw, err := Accept(w, r, nil); err == nil {
-					h.Serve(c, raw, ConnInfo{})
+				if c, err := Accept(w, r, nil); err == nil {
+					h.Serve(c, ConnInfo{})
 				}
 			}))
 			var received atomic.Int64
@@ -60,7 +60,7 @@ func BenchmarkBroadcast(b *testing.B) {
 			runtime.ReadMemStats(&before)
 			b.ResetTimer()
 			for range b.N {
-				h.Publish(context.Background(), "r", data)
+				h.Publish(context.Background(), "r", data, "")
 			}
 			want := int64(b.N) * int64(members)
 			for received.Load() < want {
@@ -86,15 +86,17 @@ func BenchmarkBroadcast(b *testing.B) {
 func BenchmarkBroadcastHandoff(b *testing.B) {
 	for _, members := range []int{100, 1000} {
 		b.Run(fmt.Sprintf("members=%d", members), func(b *testing.B) {
-			h, err := New(Config{NodeID: "bench", SendQueue: 1 << 20, PingInterval: -1}, pubsub.NewMemory())
+			h, err := New(Config{NodeID: "bench", SendQueue: 1 << 20, PingInterval: -1}, pubsub.NewMemory(pubsub.MemoryConfig{}))
 			if err != nil {
 				b.Fatal(err)
 			}
 			clients := make([]*Client, members)
 			for i := range clients {
-				c := &Client{hub: h, writing: true} // a writer "runs": nothing is written
+				c := &Client{hub: h} // a writer "runs": nothing is written
+				c.w.state = wWriting
 				h.register(c)
-				h.join(c, "r")
+				m, _, _ := h.join(c, "r")
+				m.live = true
 				clients[i] = c
 			}
 			data := []byte(`{"text":"` + strings.Repeat("x", 80) + `"}`)
@@ -103,12 +105,12 @@ func BenchmarkBroadcastHandoff(b *testing.B) {
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
 			for i := 0; b.Loop(); i++ {
-				h.Publish(ctx, "r", data)
+				h.Publish(ctx, "r", data, "")
 				if i%64 == 63 { // empty the queues now and then, as writers would
 					for _, c := range clients {
-						c.mu.Lock()
-						c.queue = c.queue[:0]
-						c.mu.Unlock()
+						c.w.mu.Lock()
+						c.w.queue, c.w.bytes = c.w.queue[:0], 0
+						c.w.mu.Unlock()
 					}
 				}
 			}

@@ -6,44 +6,59 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
 	"github.com/coder/websocket"
+	"github.com/hubcluster/hubcluster/internal/pubsub"
 	"github.com/hubcluster/hubcluster/internal/wire"
 )
 
 // Client is one WebSocket connection served by the hub.
 //
-// An idle client owns no goroutine but the one running Serve (its read loop):
-// a writer goroutine exists only while messages are queued, and keepalive is a
-// timer that starts a short-lived goroutine to ping.
+// Its jobs are split by owner: the read loop (Serve's goroutine) reads
+// frames, charges the rate limit as objects arrive and carries out requests
+// in order (this file); a request that must wait for the broker (a subscribe
+// whose room is not live yet, a recovery) moves the requests behind it to a
+// short-lived dispatch goroutine, so the read loop keeps reading and nothing
+// is charged late; the writer (writer.go) owns the send queue and the
+// goroutine that writes it; keepalive (keepalive.go) pings.
+//
+// An idle client owns one goroutine, its read loop.
 type Client struct {
 	hub  *Hub
 	conn *websocket.Conn
 	raw  net.Conn // under conn, when known: closing it cuts even a pending close
 	ip   string
 
-	rooms []*room // guarded by hub.mu
+	// ctx ends when the read loop does: the dispatch goroutine stops waiting.
+	ctx    context.Context
+	cancel context.CancelFunc
 
-	guard guard // the read loop's own: authentication and rate limit
+	roomsMu sync.Mutex // guards rooms and gone
+	rooms   []*member
+	gone    bool // unregistered: joins fail
 
-	mu      sync.Mutex // guards the fields below
-	queue   [][]byte   // frames waiting to be written
-	spare   [][]byte   // the writer's last batch, kept for reuse
-	writing bool       // a writer goroutine is running
-	closing bool       // no more frames are queued
-	broken  bool       // the writer stopped: the connection failed or is cut
-	code    websocket.StatusCode
-	pinger  *time.Timer
-	wg      sync.WaitGroup // writer, pinger and closer goroutines
+	guard guard // authentication and rate limit
+
+	// dispatch: requests waiting behind one that waits for the broker.
+	dmu      sync.Mutex
+	busy     bool // a dispatch goroutine runs: new requests queue behind it
+	backlog  [][]byte
+	dispatch sync.WaitGroup
+	inflight atomic.Int32 // publishes the broker has not answered yet
+
+	w writer
 }
 
-// idleQueueCap is the largest queue capacity an idle client keeps.
-const idleQueueCap = 8
+// maxBacklog bounds the requests queued behind one that waits for the
+// broker; past it requests are refused with unavailable (not charged as
+// strikes: the backlog is the node's, not the client's).
+const maxBacklog = 256
 
-// maxBatchBytes bounds one batched frame; a larger batch is written as several.
-const maxBatchBytes = 64 << 10
+// maxInflight bounds the publishes of one client that wait for the broker.
+const maxInflight = 256
 
 // ConnInfo is what the HTTP layer knows of a connection.
 type ConnInfo struct {
@@ -53,54 +68,48 @@ type ConnInfo struct {
 	Token string
 }
 
-// Serve serves conn until it closes, then unregisters it. raw is the network
-// connection under conn (see Accept); it may be nil. A connection that
+// Serve serves conn until it closes, then unregisters it. A connection that
 // arrives while the hub drains is closed with 1012 and a reconnect hint; one
-// that arrives after the hub stopped, with 1013. conn must come from
-// Accept; Serve owns it from here on.
-func (h *Hub) Serve(conn *websocket.Conn, raw net.Conn, info ConnInfo) {
-	conn.SetReadLimit(h.cfg.MaxMessageBytes)
-	c := &Client{hub: h, conn: conn, raw: raw, ip: info.IP}
+// that arrives after the hub stopped, with 1013. conn must come from Accept;
+// Serve owns it from here on.
+func (h *Hub) Serve(conn *Conn, info ConnInfo) {
+	conn.ws.SetReadLimit(h.cfg.MaxMessageBytes)
+	c := &Client{hub: h, conn: conn.ws, raw: conn.raw, ip: info.IP}
+	c.ctx, c.cancel = context.WithCancel(h.ctx)
+	defer c.cancel()
 	if code := h.register(c); code != 0 {
 		h.metrics.closes.WithLabelValues(codeLabel(code)).Inc()
 		reason := "node stopped"
 		if code == websocket.StatusServiceRestart {
-			reason = reconnectHint(time.Second)
+			reason = wire.ReconnectHint(time.Second)
 		}
-		conn.Close(code, reason)
+		conn.ws.Close(code, reason)
 		return
 	}
 	defer h.unregister(c)
+	conn.pings.set(c.allowPing)
 
-	if h.cfg.PingInterval > 0 {
-		c.mu.Lock()
-		c.pinger = time.AfterFunc(h.cfg.PingInterval, c.keepalive)
-		c.mu.Unlock()
-	}
+	c.startKeepalive()
 	err := c.start(info.Token)
 	if err == nil {
 		err = c.readLoop()
 	}
 	c.guard.stop()
+	c.cancel()
+	c.dispatch.Wait()
 
-	c.mu.Lock()
-	c.closing = true
-	if c.pinger != nil {
-		c.pinger.Stop()
-	}
-	code := c.code
-	c.mu.Unlock()
+	code := c.w.finish()
 	if code == 0 {
 		code = closeCodeOf(err)
 	} else {
-		c.wg.Wait() // let the hub's own close handshake finish before cutting
+		c.w.wg.Wait() // let the hub's own close handshake finish before cutting
 	}
 	h.metrics.closes.WithLabelValues(codeLabel(code)).Inc()
 	if code == websocket.StatusAbnormalClosure || code == websocket.StatusInternalError {
 		h.log.Debug("connection lost", "err", err)
 	}
 	c.cut()
-	c.wg.Wait()
+	c.w.wg.Wait()
 }
 
 // closeCodeOf names how a read loop ended: the peer's close code, 1009 for a
@@ -147,6 +156,9 @@ var errClosed = errors.New("hub: connection closed by the hub")
 
 func (c *Client) handleFrame(typ websocket.MessageType, frame []byte) error {
 	if typ != websocket.MessageText {
+		if ok, err := c.charge(nil); !ok {
+			return err
+		}
 		c.replyError(wire.ErrorFor(nil, wire.CodeBadRequest, "binary frames are not accepted; send text"))
 		return nil
 	}
@@ -156,244 +168,261 @@ func (c *Client) handleFrame(typ websocket.MessageType, frame []byte) error {
 	}
 	return wire.Split(frame, func(line []byte) error {
 		c.hub.metrics.received.Inc()
-		return c.handle(line)
+		if ok, err := c.charge(line); !ok {
+			return err
+		}
+		return c.enqueue(line)
 	})
 }
 
-// handle carries out one client request and replies to it. An error ends the
-// connection (the hub has closed it).
-func (c *Client) handle(line []byte) error {
+// charge takes one token from the rate limit for an object that just
+// arrived, valid or not, and reports whether it may be carried out. Over the
+// limit it replies rate_limited, or closes the connection with 4001 (and
+// returns errClosed) when the client persists.
+func (c *Client) charge(line []byte) (ok bool, err error) {
+	h := c.hub
+	switch c.guard.allow(h.cfg.ClientRate, h.cfg.ClientBurst) {
+	case allowed:
+		return true, nil
+	case limitedClose:
+		h.metrics.rateLimited.Inc()
+		h.log.Info("connection closed: persistently over the rate limit", "ip", c.ip)
+		c.close(wire.StatusRateLimited, "rate limited")
+		return false, errClosed
+	}
+	h.metrics.rateLimited.Inc()
+	var id []byte
+	if line != nil {
+		if req, err := wire.Decode(line); err == nil {
+			id = req.ID
+		} else if e, ok := err.(*wire.Error); ok {
+			id = e.ID
+		}
+	}
+	c.replyError(wire.ErrorFor(id, wire.CodeRateLimited, "too many requests; slow down"))
+	return false, nil
+}
+
+// enqueue carries out the request in line now, or queues it behind one that
+// waits for the broker. line is only valid during the call.
+func (c *Client) enqueue(line []byte) error {
+	c.dmu.Lock()
+	if c.busy {
+		if len(c.backlog) >= maxBacklog {
+			c.dmu.Unlock()
+			var id []byte
+			if req, err := wire.Decode(line); err == nil {
+				id = req.ID
+			}
+			c.hub.metrics.refused.WithLabelValues("backlog").Inc()
+			c.replyError(wire.ErrorFor(id, wire.CodeUnavailable, "too many requests wait for the broker on this connection; retry"))
+			return nil
+		}
+		c.backlog = append(c.backlog, bytes.Clone(line))
+		c.dmu.Unlock()
+		return nil
+	}
+	c.dmu.Unlock()
+	return c.handle(line, false)
+}
+
+// goDispatch hands the rest of the request being handled, and the ones that
+// arrive behind it, to a dispatch goroutine. Called from the read loop only.
+func (c *Client) goDispatch(first func() error) {
+	c.dmu.Lock()
+	c.busy = true
+	c.dmu.Unlock()
+	c.dispatch.Go(func() {
+		err := first()
+		for {
+			c.dmu.Lock()
+			if len(c.backlog) == 0 || err != nil {
+				c.backlog = nil
+				c.busy = false
+				c.dmu.Unlock()
+				return
+			}
+			line := c.backlog[0]
+			c.backlog[0] = nil
+			c.backlog = c.backlog[1:]
+			c.dmu.Unlock()
+			err = c.handle(line, true)
+		}
+	})
+}
+
+// handle carries out one client request and replies to it. inDispatch says
+// whether it runs on the dispatch goroutine, where it may wait for the
+// broker. An error ends the connection (the hub has closed it).
+func (c *Client) handle(line []byte, inDispatch bool) error {
 	h := c.hub
 	req, err := wire.Decode(line)
 	if err != nil {
 		c.replyError(err.(*wire.Error))
 		return nil
 	}
-	if !c.guard.allow(h.cfg.ClientRate, h.cfg.ClientBurst) {
-		h.metrics.rateLimited.Inc()
-		if c.guard.strike(h.cfg.ClientBurst) {
-			h.log.Info("connection closed: persistently over the rate limit", "ip", c.ip)
-			c.close(StatusRateLimited, "rate limited")
-			return errClosed
-		}
-		c.replyError(wire.ErrorFor(req.ID, wire.CodeRateLimited, "too many requests; slow down"))
-		return nil
-	}
 	if req.Type == wire.TypeAuth {
 		return c.authenticate(req)
 	}
-	if h.cfg.Authenticator != nil && c.guard.grant == nil {
+	if h.cfg.Authenticator != nil && !c.guard.authenticated() {
 		c.reject("authenticate first")
 		return errClosed
 	}
 	switch req.Type {
 	case wire.TypeSubscribe:
-		if g := c.guard.grant; g != nil && !g.CanSubscribe(req.Room) {
-			h.metrics.forbidden.Inc()
-			c.replyError(wire.ErrorFor(req.ID, wire.CodeForbidden, "the token does not grant subscribing to this room"))
-			return nil
-		}
-		if c.roomCount() >= h.cfg.MaxRoomsPerClient {
-			c.replyError(wire.ErrorFor(req.ID, wire.CodeTooLarge, "this connection is in the most rooms allowed"))
-			return nil
-		}
-		if h.join(c, req.Room) {
-			ctx, cancel := context.WithTimeout(h.ctx, h.cfg.BrokerTimeout)
-			err := h.broker.WaitSubscribed(ctx, req.Room)
-			cancel()
-			if err != nil {
-				h.leave(c, req.Room)
-				h.log.Warn("subscription not confirmed", "room", req.Room, "err", err)
-				c.replyError(wire.ErrorFor(req.ID, wire.CodeUnavailable, "the room's subscription could not be made; retry"))
-				return nil
-			}
-		}
+		return c.subscribe(req, inDispatch)
 	case wire.TypeUnsubscribe:
 		if !h.leave(c, req.Room) {
 			c.replyError(wire.ErrorFor(req.ID, wire.CodeNotSubscribed, "not subscribed to this room"))
 			return nil
 		}
+		c.ackSimple(req.ID)
 	case wire.TypePublish:
-		if g := c.guard.grant; g != nil && !g.CanPublish(req.Room) {
-			h.metrics.forbidden.Inc()
-			c.replyError(wire.ErrorFor(req.ID, wire.CodeForbidden, "the token does not grant publishing to this room"))
-			return nil
-		}
-		if err := h.Publish(h.ctx, req.Room, req.Data); err != nil {
-			h.log.Warn("publish failed", "room", req.Room, "err", err)
-			c.replyError(wire.ErrorFor(req.ID, wire.CodeUnavailable, "the message could not be handed to the broker; retry"))
-			return nil
-		}
+		c.publish(req)
+	case wire.TypePresence:
+		c.replyError(wire.ErrorFor(req.ID, wire.CodeBadRequest, "presence is not served by this node"))
 	}
-	c.ack(req.ID)
 	return nil
 }
 
-func (c *Client) ack(id []byte) {
+func (c *Client) subscribe(req wire.Request, inDispatch bool) error {
+	h := c.hub
+	if g := c.guard.currentGrant(); g != nil && !g.CanSubscribe(req.Room) {
+		h.metrics.forbidden.Inc()
+		c.replyError(wire.ErrorFor(req.ID, wire.CodeForbidden, "the token does not grant subscribing to this room"))
+		return nil
+	}
+	m, existed, err := h.join(c, req.Room)
+	switch {
+	case errors.Is(err, errTooManyRooms):
+		c.replyError(wire.ErrorFor(req.ID, wire.CodeTooLarge, "this connection is in the most rooms allowed"))
+		return nil
+	case err != nil:
+		return nil // the connection is going away
+	case existed:
+		// Subscribing twice is not an error; the membership goes on as it is.
+		r := m.room
+		r.mu.Lock()
+		pos := wire.Position{}
+		if h.history() && r.synced {
+			pos = r.positionLocked()
+		}
+		c.ack(req.ID, r.name, pos, nil)
+		r.mu.Unlock()
+		return nil
+	}
+	finish := func(mayBlock bool) error {
+		ctx, cancel := context.WithTimeout(c.ctx, h.cfg.BrokerTimeout)
+		defer cancel()
+		return h.finishSubscribe(ctx, m, req, mayBlock)
+	}
+	err = finish(inDispatch)
+	if errors.Is(err, errWouldBlock) {
+		c.goDispatch(func() error {
+			c.subscribeFailed(m, req, finish(true))
+			return nil
+		})
+		return nil
+	}
+	c.subscribeFailed(m, req, err)
+	return nil
+}
+
+// subscribeFailed undoes a membership whose subscribe could not finish, and
+// tells the client; a nil err does nothing.
+func (c *Client) subscribeFailed(m *member, req wire.Request, err error) {
+	if err == nil {
+		return
+	}
+	h := c.hub
+	h.leave(c, req.Room)
+	if c.ctx.Err() != nil {
+		return // the connection is going away
+	}
+	h.log.Warn("subscription not confirmed", "room", req.Room, "err", err)
+	c.replyError(wire.ErrorFor(req.ID, wire.CodeUnavailable, "the room's subscription could not be made; retry"))
+}
+
+func (c *Client) publish(req wire.Request) {
+	h := c.hub
+	if g := c.guard.currentGrant(); g != nil && !g.CanPublish(req.Room) {
+		h.metrics.forbidden.Inc()
+		c.replyError(wire.ErrorFor(req.ID, wire.CodeForbidden, "the token does not grant publishing to this room"))
+		return
+	}
+	if c.inflight.Add(1) > maxInflight {
+		c.inflight.Add(-1)
+		h.metrics.refused.WithLabelValues("inflight").Inc()
+		c.replyError(wire.ErrorFor(req.ID, wire.CodeUnavailable, "too many publishes wait for the broker on this connection; retry"))
+		return
+	}
+	// The frame's buffer is reused once this returns: the broker and the
+	// members keep copies.
+	data := bytes.Clone(req.Data)
+	id := bytes.Clone(req.ID)
+	h.publish(pubsub.Publication{Room: req.Room, Data: data, IdempotencyKey: req.IdempotencyKey}, func(rc pubsub.Receipt, err error) {
+		c.inflight.Add(-1)
+		if err != nil {
+			code, msg := wire.CodeUnavailable, "the message was not handed to the broker; retry"
+			if errors.Is(err, pubsub.ErrUncertain) {
+				code, msg = wire.CodeTimeout, "the broker did not confirm the message in time; it may be delivered: retry with the same idempotency_key"
+			}
+			h.log.Warn("publish failed", "room", req.Room, "err", err)
+			c.replyError(wire.ErrorFor(id, code, msg))
+			return
+		}
+		if len(id) > 0 {
+			c.send(wire.AppendPublishAck(nil, id, rc.Offset))
+		}
+	})
+}
+
+// ack queues the ack of a subscribe.
+func (c *Client) ack(id []byte, room string, pos wire.Position, recovered *bool) {
 	if len(id) > 0 {
-		c.send(wire.AppendAck(nil, id))
+		c.send(wire.AppendSubscribeAck(nil, id, room, pos, recovered))
 	}
 }
 
-func (c *Client) roomCount() int {
-	c.hub.mu.RLock()
-	defer c.hub.mu.RUnlock()
-	return len(c.rooms)
+// ackSimple queues a plain ack.
+func (c *Client) ackSimple(id []byte) {
+	if len(id) > 0 {
+		c.send(wire.AppendAck(nil, id))
+	}
 }
 
 func (c *Client) replyError(e *wire.Error) {
 	c.send(wire.AppendError(nil, e))
 }
 
-// send queues frame for this client and reports whether it was queued. It never
-// blocks: a full queue cuts the client off with 4000.
-func (c *Client) send(frame []byte) bool {
-	c.mu.Lock()
-	if c.closing {
-		c.mu.Unlock()
-		return false
-	}
-	if len(c.queue) >= c.hub.cfg.SendQueue {
-		c.mu.Unlock()
-		c.hub.metrics.overflows.Inc()
-		c.close(StatusSlowConsumer, "slow consumer: send queue overflowed")
-		return false
-	}
-	c.queue = append(c.queue, frame)
-	if !c.writing {
-		c.writing = true
-		c.wg.Add(1)
-		go c.writeLoop()
-	}
-	c.mu.Unlock()
-	return true
+// leaveAll takes c out of every room for good, and returns its memberships.
+func (c *Client) leaveAll() []*member {
+	c.roomsMu.Lock()
+	defer c.roomsMu.Unlock()
+	c.gone = true
+	ms := c.rooms
+	c.rooms = nil
+	return ms
 }
 
-// close closes the connection with code and reason, once, without blocking the
-// caller: the close handshake runs in a goroutine of the client's own, and the
-// frames still queued are dropped.
+// roomNames returns the rooms c is in.
+func (c *Client) roomNames() []string {
+	c.roomsMu.Lock()
+	defer c.roomsMu.Unlock()
+	names := make([]string, len(c.rooms))
+	for i, m := range c.rooms {
+		names[i] = m.room.name
+	}
+	return names
+}
+
+// close closes the connection with code and reason, once, without blocking
+// the caller: the close handshake runs in a goroutine of the client's own,
+// and the frames still queued are dropped.
 func (c *Client) close(code websocket.StatusCode, reason string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closing {
-		return // already closing, or torn down
+	if c.w.closeWith(code) {
+		c.w.wg.Go(func() { c.conn.Close(code, reason) })
 	}
-	c.code = code
-	c.closing = true
-	c.broken = true
-	c.queue = nil
-	c.wg.Go(func() { c.conn.Close(code, reason) })
-}
-
-// writeLoop writes what is queued, batching every frame waiting into one
-// newline-separated WebSocket frame, until the queue is empty.
-func (c *Client) writeLoop() {
-	defer c.wg.Done()
-	if d := c.hub.cfg.WriteCoalesce; d > 0 {
-		// Let more messages join this one: one frame, one syscall for all.
-		time.Sleep(d)
-	}
-	var batch [][]byte
-	for {
-		c.mu.Lock()
-		if batch != nil {
-			clear(batch)
-			c.spare = batch[:0]
-		}
-		if len(c.queue) == 0 || c.broken {
-			c.writing = false
-			if cap(c.queue) > idleQueueCap {
-				c.queue = nil
-			}
-			if cap(c.spare) > idleQueueCap {
-				c.spare = nil
-			}
-			c.mu.Unlock()
-			return
-		}
-		batch, c.queue, c.spare = c.queue, c.spare, nil
-		c.mu.Unlock()
-
-		if err := c.writeBatch(batch); err != nil {
-			c.mu.Lock()
-			c.broken = true
-			c.mu.Unlock()
-			c.cut()
-		}
-	}
-}
-
-var writeBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
-// writeBatch writes frames as few WebSocket frames as maxBatchBytes allows,
-// each write bounded by WriteTimeout.
-func (c *Client) writeBatch(frames [][]byte) error {
-	if len(frames) == 1 {
-		return c.write(frames[0])
-	}
-	buf := writeBufs.Get().(*bytes.Buffer)
-	defer writeBufs.Put(buf)
-	buf.Reset()
-	for _, f := range frames {
-		if buf.Len() > 0 && buf.Len()+1+len(f) > maxBatchBytes {
-			if err := c.write(buf.Bytes()); err != nil {
-				return err
-			}
-			buf.Reset()
-		}
-		if buf.Len() > 0 {
-			buf.WriteByte('\n')
-		}
-		buf.Write(f)
-	}
-	return c.write(buf.Bytes())
-}
-
-// write writes one frame within WriteTimeout. With the raw connection at hand
-// the deadline is the socket's own: no context, timer or goroutine per write,
-// and no lock shared with other clients (the hub's context). A stopped hub
-// cuts the socket, which ends a write in progress.
-func (c *Client) write(p []byte) error {
-	if c.raw != nil {
-		if err := c.raw.SetWriteDeadline(time.Now().Add(c.hub.cfg.WriteTimeout)); err != nil {
-			return err
-		}
-		// Clear it after: a stale deadline would fail the next control frame
-		// (a ping, the close of a drain) that coder/websocket writes itself.
-		defer c.raw.SetWriteDeadline(time.Time{})
-		return c.conn.Write(context.Background(), websocket.MessageText, p)
-	}
-	ctx, cancel := context.WithTimeout(c.hub.ctx, c.hub.cfg.WriteTimeout)
-	defer cancel()
-	return c.conn.Write(ctx, websocket.MessageText, p)
-}
-
-// keepalive pings the peer; an unanswered ping cuts the connection. It runs
-// from the client's timer and re-arms it.
-func (c *Client) keepalive() {
-	c.mu.Lock()
-	if c.closing {
-		c.mu.Unlock()
-		return
-	}
-	c.wg.Add(1)
-	c.mu.Unlock()
-	defer c.wg.Done()
-
-	h := c.hub
-	ctx, cancel := context.WithTimeout(h.ctx, h.cfg.WriteTimeout)
-	err := c.conn.Ping(ctx)
-	cancel()
-	if err != nil {
-		h.log.Debug("ping not answered", "err", err)
-		c.cut()
-		return
-	}
-	c.mu.Lock()
-	if !c.closing {
-		c.pinger.Reset(h.cfg.PingInterval)
-	}
-	c.mu.Unlock()
 }
 
 // cut closes the connection at once, without a handshake, even while a close

@@ -13,6 +13,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/hubcluster/hubcluster/internal/auth"
+	"github.com/hubcluster/hubcluster/internal/wire"
 )
 
 const testSecret = "0123456789abcdef0123456789abcdef"
@@ -212,7 +213,7 @@ func TestRateLimit(t *testing.T) {
 			fmt.Fprintf(&frame, "{\"type\":\"subscribe\",\"room\":\"r\",\"id\":%d}\n", 100+i)
 		}
 		c.sendRaw(frame.String())
-		c.expectClose(StatusRateLimited)
+		c.expectClose(wire.StatusRateLimited)
 		if got := counterValue(t, n.hub.metrics.rateLimited); got < 6 {
 			t.Errorf("hub_rate_limited_total: got %v, want at least 6", got)
 		}

@@ -77,18 +77,18 @@ func newTestNode(t *testing.T, cfg Config) *testNode {
 	if cfg.NodeID == "" {
 		cfg.NodeID = "test"
 	}
-	n := &testNode{t: t, broker: pubsub.NewMemory(), ln: newPipeListener()}
+	n := &testNode{t: t, broker: pubsub.NewMemory(pubsub.MemoryConfig{}), ln: newPipeListener()}
 	h, err := New(cfg, n.broker)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
 	n.hub = h
 	n.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, raw, err := Accept(w, r, nil)
+		conn, err := Accept(w, r, nil)
 		if err != nil {
 			return
 		}
-		h.Serve(conn, raw, ConnInfo{IP: "192.0.2.1", Token: r.URL.Query().Get("token")})
+		h.Serve(conn, ConnInfo{IP: "192.0.2.1", Token: r.URL.Query().Get("token")})
 	})}
 	n.client = &http.Client{Transport: &http.Transport{DialContext: n.ln.dial, DisableKeepAlives: true}}
 	n.served.Go(func() { n.srv.Serve(n.ln) })
@@ -217,3 +217,4 @@ func (c *testClient) expectClose(code websocket.StatusCode) websocket.CloseError
 		return ce
 	}
 }
+

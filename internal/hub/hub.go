@@ -1,16 +1,24 @@
-// Package hub is a node's local hub: WebSocket clients, the rooms they joined, and
-// a bounded send queue per client.
+// Package hub is a node's local hub: WebSocket clients, the rooms they joined,
+// a bounded send queue per client, and, with history on, where the node
+// stands in each room's offsets.
 //
-// The hub is usable as soon as New returns: its lifetime context, maps and
+// The hub is usable as soon as New returns: its lifetime context, tables and
 // metrics are made there, so a connection served before Run works like any
 // other. Run marks the hub running and, when its context ends, stops it: every
-// connection still open is cut, and Run waits for every Serve to return. Serve
-// calls made after that are refused with close code 1013.
+// connection still open is cut, and Run waits for every Serve to return.
+// Shutdown drains it instead. Serve calls made after the hub stopped are
+// refused with close code 1013.
 //
 // Nothing in the hub waits on a goroutine that may be gone: registering and
-// unregistering a client take a mutex, never a channel send, so a client's
-// teardown cannot block whether or not Run is still running. Broadcasting never
-// blocks on a client: a client whose queue is full is cut off with 4000.
+// unregistering a client take mutexes, never a channel send, so a client's
+// teardown cannot block whether or not Run is still running. Delivering never
+// blocks on a client: a client that falls behind its messages is cut off with
+// 4000.
+//
+// Order: with history on, every message of a room reaches the room's local
+// members in offset order, exactly once; a hole the node cannot fill from the
+// history is told to them with a gap. With history off, each publisher's
+// messages keep their order.
 package hub
 
 import (
@@ -18,7 +26,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -29,45 +36,48 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Broker carries messages to the other nodes. pubsub.Memory and pubsub.Redis
-// implement it.
+// Broker carries messages to the other nodes and keeps the rooms' history.
+// pubsub.Memory and pubsub.Redis implement it.
 type Broker interface {
-	// Publish hands payload to the cluster; it returns once the broker took it.
-	Publish(ctx context.Context, room string, payload []byte) error
+	// Publish hands p to the cluster and calls done once, from any
+	// goroutine, with the receipt or an error wrapping pubsub.ErrUnavailable
+	// (certainly not handed on) or pubsub.ErrUncertain. It never blocks, and
+	// one caller's publications keep their order.
+	Publish(p pubsub.Publication, done func(pubsub.Receipt, error))
 	// Subscribe and Unsubscribe record this node's interest in a room. They
 	// never block; the broker makes the subscription in the background.
 	Subscribe(room string)
 	Unsubscribe(room string)
-	// WaitSubscribed blocks until room's subscription is live, or ctx ends.
+	// Subscribed reports whether room's subscription is live now;
+	// WaitSubscribed blocks until it is, or ctx ends.
+	Subscribed(room string) bool
 	WaitSubscribed(ctx context.Context, room string) error
+	// Position and History read a room's history (history on only).
+	Position(ctx context.Context, room string) (epoch string, top uint64, err error)
+	History(ctx context.Context, room string, after uint64, limit int) (pubsub.History, error)
 }
-
-var (
-	_ Broker      = (*pubsub.Memory)(nil)
-	_ Broker      = (*pubsub.Redis)(nil)
-	_ pubsub.Sink = (*Hub)(nil)
-)
 
 // Authenticator verifies a connection's token. auth.Verifier implements it.
 type Authenticator interface {
 	Verify(token string) (*auth.Grant, error)
 }
 
-var _ Authenticator = (*auth.Verifier)(nil)
-
-// Close codes of DESIGN.md that the hub sends.
-const (
-	StatusSlowConsumer websocket.StatusCode = 4000
-	StatusRateLimited  websocket.StatusCode = 4001
-)
-
 // Config holds the hub's settings. Zero values take the defaults noted.
 type Config struct {
-	// NodeID names this node in the cluster; it must not contain '\n'.
+	// NodeID names this node in logs.
 	NodeID string
-	// SendQueue is how many messages may wait for a client before it counts as
-	// slow and is cut off (default 256).
-	SendQueue int
+	// Origin tells this node's publications apart from every other
+	// process's, with history off (default: NodeID). It must be unique in
+	// the cluster and must not contain '\n'.
+	Origin string
+	// SendQueue is how many messages may wait for a client before it counts
+	// as behind (default 256). A client that stays behind for longer than
+	// SlowTimeout (default 5s), or whose queue holds more than
+	// SendQueueBytes (default 1 MiB), is cut off with 4000: a burst the node
+	// hands a healthy reader all at once is not slowness.
+	SendQueue      int
+	SlowTimeout    time.Duration
+	SendQueueBytes int
 	// MaxMessageBytes is the largest frame a client may send (default 65536).
 	MaxMessageBytes int64
 	// WriteTimeout bounds every write to a socket (default 10s).
@@ -80,17 +90,21 @@ type Config struct {
 	// answered within WriteTimeout cuts the connection (default 25s; negative
 	// turns keepalive off).
 	PingInterval time.Duration
-	// BrokerTimeout bounds how long a publish or subscribe waits for the broker
-	// (default 5s).
+	// BrokerTimeout bounds how long a publish, a subscribe or a history read
+	// waits for the broker (default 5s).
 	BrokerTimeout time.Duration
+	// HistorySize is how many messages the broker keeps per room (0: history
+	// off). It bounds every history read the hub makes.
+	HistorySize int
 	// Authenticator verifies connection tokens; nil runs the hub open: every
 	// client may subscribe and publish to every room.
 	Authenticator Authenticator
 	// AuthTimeout is how long a connection may stay unauthenticated before it
 	// is closed with 1008 (default 10s).
 	AuthTimeout time.Duration
-	// ClientRate is how many requests per second a client may send, with
-	// bursts of ClientBurst; 0 turns the limit off. Over it a request gets
+	// ClientRate is how many requests (and pings) per second a client may
+	// send, with bursts of ClientBurst; 0 turns the limit off. Every object
+	// counts when it arrives, valid or not. Over it a request gets
 	// rate_limited; more than ClientBurst rejections within 10s closes the
 	// connection with 4001.
 	ClientRate  float64
@@ -104,8 +118,17 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
+	if c.Origin == "" {
+		c.Origin = c.NodeID
+	}
 	if c.SendQueue <= 0 {
 		c.SendQueue = 256
+	}
+	if c.SlowTimeout <= 0 {
+		c.SlowTimeout = 5 * time.Second
+	}
+	if c.SendQueueBytes <= 0 {
+		c.SendQueueBytes = 1 << 20
 	}
 	if c.MaxMessageBytes <= 0 {
 		c.MaxMessageBytes = 65536
@@ -147,28 +170,26 @@ type Hub struct {
 	log     *slog.Logger
 	broker  Broker
 	metrics *metrics
-	// prefix starts every payload this node publishes: its node id and '\n', so
-	// that the node can recognise, and drop, its own messages coming back.
-	prefix []byte
+	rooms   roomTable
 
-	// ctx is the hub's lifetime: made in New, canceled when Run stops the hub.
+	// ctx is the hub's lifetime: made in New, canceled when the hub stops.
 	// Every read and write of every client runs under it.
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu       sync.RWMutex // guards the fields below, and every client's rooms
+	mu       sync.Mutex // guards the fields below
 	state    state
 	draining bool // Drain began: new connections are closed with 1012
 	clients  map[*Client]struct{}
-	rooms    map[string]*room
-	serving  sync.WaitGroup // one per registered client; Run waits on it
+	serving  sync.WaitGroup // one per registered client; stop waits on it
 	empty    chan struct{}  // closed and replaced when the last client leaves
-}
+	stopped  chan struct{}  // closed once the hub has stopped
 
-// room is the set of local members of one room, guarded by Hub.mu.
-type room struct {
-	name    string
-	members []*Client
+	shutdownOnce sync.Once
+	shutdownDone chan struct{}
+	shutdownErr  error
+
+	work sync.WaitGroup // the hub's own goroutines: history fills and fetches
 }
 
 // New returns a hub that is ready to serve connections.
@@ -177,10 +198,13 @@ func New(cfg Config, broker Broker) (*Hub, error) {
 	if cfg.NodeID == "" {
 		return nil, errors.New("hub: empty node id")
 	}
-	for i := 0; i < len(cfg.NodeID); i++ {
-		if cfg.NodeID[i] == '\n' {
-			return nil, errors.New("hub: node id contains a newline")
+	for i := 0; i < len(cfg.Origin); i++ {
+		if cfg.Origin[i] == '\n' {
+			return nil, errors.New("hub: origin contains a newline")
 		}
+	}
+	if cfg.HistorySize < 0 {
+		return nil, errors.New("hub: negative history size")
 	}
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
@@ -188,24 +212,27 @@ func New(cfg Config, broker Broker) (*Hub, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &Hub{
-		cfg:     cfg,
-		log:     cfg.Logger.With("component", "hub"),
-		broker:  broker,
-		metrics: m,
-		prefix:  append([]byte(cfg.NodeID), '\n'),
-		ctx:     ctx,
-		cancel:  cancel,
-		clients: make(map[*Client]struct{}),
-		rooms:   make(map[string]*room),
-		empty:   make(chan struct{}),
+		cfg:          cfg,
+		log:          cfg.Logger.With("component", "hub"),
+		broker:       broker,
+		metrics:      m,
+		ctx:          ctx,
+		cancel:       cancel,
+		clients:      make(map[*Client]struct{}),
+		empty:        make(chan struct{}),
+		stopped:      make(chan struct{}),
+		shutdownDone: make(chan struct{}),
 	}
+	h.rooms.init()
 	return h, nil
 }
 
-// Run marks the hub running and blocks until ctx ends. Then it stops the hub:
-// later Serve calls are refused, every open connection is cut, and Run returns
-// once every Serve has returned. Connections served before Run are kept.
-// Run may be called once.
+func (h *Hub) history() bool { return h.cfg.HistorySize > 0 }
+
+// Run marks the hub running and blocks until ctx ends or Shutdown has
+// stopped the hub. When ctx ends first it stops the hub: later Serve calls
+// are refused, every open connection is cut, and Run returns once every Serve
+// has returned. Connections served before Run are kept. Run may be called once.
 func (h *Hub) Run(ctx context.Context) error {
 	h.mu.Lock()
 	if h.state != stateNew {
@@ -215,44 +242,54 @@ func (h *Hub) Run(ctx context.Context) error {
 	h.state = stateRunning
 	h.mu.Unlock()
 
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+		h.stop()
+	case <-h.stopped:
+	}
+	h.serving.Wait()
+	h.work.Wait()
+	return nil
+}
 
+// stop stops the hub: later Serve calls are refused, and every connection
+// still open is cut. It returns at once; the Serve calls end shortly after.
+func (h *Hub) stop() {
 	h.mu.Lock()
+	if h.state == stateStopped {
+		h.mu.Unlock()
+		return
+	}
 	h.state = stateStopped
+	close(h.stopped)
 	h.mu.Unlock()
 	h.cancel()
 	h.Cut() // close handshakes still waiting on peers end now
-	h.serving.Wait()
-	return nil
 }
 
 // Running reports whether Run is running and the hub has not stopped.
 func (h *Hub) Running() bool {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	return h.state == stateRunning
 }
 
 // Clients returns how many clients are connected.
 func (h *Hub) Clients() int {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	return len(h.clients)
 }
 
 // Rooms returns how many rooms have at least one local member.
-func (h *Hub) Rooms() int {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	return len(h.rooms)
-}
+func (h *Hub) Rooms() int { return h.rooms.len() }
 
 // WaitEmpty blocks until the hub has no client and no room, or ctx ends.
 func (h *Hub) WaitEmpty(ctx context.Context) error {
 	for {
-		h.mu.RLock()
+		h.mu.Lock()
 		n, empty := len(h.clients), h.empty
-		h.mu.RUnlock()
+		h.mu.Unlock()
 		if n == 0 {
 			return nil
 		}
@@ -269,10 +306,10 @@ func (h *Hub) WaitEmpty(ctx context.Context) error {
 func (h *Hub) register(c *Client) (refuse websocket.StatusCode) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.state == stateStopped {
+	switch {
+	case h.state == stateStopped:
 		return websocket.StatusTryAgainLater
-	}
-	if h.draining {
+	case h.draining:
 		return websocket.StatusServiceRestart
 	}
 	h.clients[c] = struct{}{}
@@ -282,18 +319,17 @@ func (h *Hub) register(c *Client) (refuse websocket.StatusCode) {
 }
 
 // unregister removes c from the hub and from every room it joined. It takes
-// the hub's mutex and nothing else, so it returns at once, before and after
-// Run.
+// mutexes and nothing else, so it returns at once, before and after Run.
+// Unregistering a client twice, or one never registered, does nothing.
 func (h *Hub) unregister(c *Client) {
+	for _, m := range c.leaveAll() {
+		h.removeMember(m)
+	}
 	h.mu.Lock()
 	if _, ok := h.clients[c]; !ok {
 		h.mu.Unlock()
 		return
 	}
-	for _, r := range c.rooms {
-		h.removeMemberLocked(r, c)
-	}
-	c.rooms = nil
 	delete(h.clients, c)
 	if len(h.clients) == 0 {
 		close(h.empty)
@@ -304,120 +340,118 @@ func (h *Hub) unregister(c *Client) {
 	h.serving.Done()
 }
 
-// join adds c to the room name. It reports whether c was not a member yet.
-func (h *Hub) join(c *Client, name string) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if _, ok := h.clients[c]; !ok {
-		return false
+// Publish sends data, JSON without a newline, to every member of room on
+// every node, and returns once the broker has taken it; members on this node
+// have it queued by then when history is off. key, when not empty, is the
+// publication's idempotency key. The error wraps pubsub.ErrUnavailable (not
+// handed on: retry) or pubsub.ErrUncertain (it may be delivered: retry with
+// the same key). room must be a valid room name.
+func (h *Hub) Publish(ctx context.Context, room string, data []byte, key string) (pubsub.Receipt, error) {
+	type outcome struct {
+		rc  pubsub.Receipt
+		err error
 	}
-	for _, r := range c.rooms {
-		if r.name == name {
-			return false
+	done := make(chan outcome, 1)
+	h.publish(pubsub.Publication{Room: room, Data: data, IdempotencyKey: key}, func(rc pubsub.Receipt, err error) {
+		done <- outcome{rc, err}
+	})
+	select {
+	case o := <-done:
+		return o.rc, o.err
+	case <-ctx.Done():
+		return pubsub.Receipt{}, fmt.Errorf("hub: publish to %q: %w: %w", room, pubsub.ErrUncertain, ctx.Err())
+	}
+}
+
+// publish hands p to the broker and calls done with the outcome. The local
+// members get the message as soon as the broker took it. p.Data must not
+// change afterwards. It never blocks.
+func (h *Hub) publish(p pubsub.Publication, done func(pubsub.Receipt, error)) {
+	h.broker.Publish(p, func(rc pubsub.Receipt, err error) {
+		if err != nil {
+			reason := "unavailable"
+			if errors.Is(err, pubsub.ErrUncertain) {
+				reason = "timeout"
+			}
+			h.metrics.publishFailures.WithLabelValues(reason).Inc()
+			done(rc, fmt.Errorf("hub: publish to %q: %w", p.Room, err))
+			return
 		}
+		h.metrics.published.Inc()
+		if !rc.Duplicate {
+			h.deliverOwn(p, rc)
+		}
+		done(rc, nil)
+	})
+}
+
+// Deliver takes a message the broker brought in, and queues it for every
+// local member of its room. With history off it drops this node's own
+// messages, which its members already have. It never blocks.
+func (h *Hub) Deliver(m pubsub.Message) {
+	if !h.history() || m.Offset == 0 {
+		if m.Origin == h.cfg.Origin {
+			return
+		}
+		if r := h.rooms.get(m.Room); r != nil {
+			r.mu.Lock()
+			r.emitLocked(0, wire.AppendMessage(nil, m.Room, 0, m.Data))
+			r.mu.Unlock()
+		}
+		return
 	}
-	r := h.rooms[name]
+	if r := h.rooms.get(m.Room); r != nil {
+		r.mu.Lock()
+		r.acceptLocked(m, true)
+		r.mu.Unlock()
+	}
+}
+
+// deliverOwn gives the local members a message this node published.
+func (h *Hub) deliverOwn(p pubsub.Publication, rc pubsub.Receipt) {
+	r := h.rooms.get(p.Room)
 	if r == nil {
-		r = &room{name: name}
-		h.rooms[name] = r
-		h.metrics.rooms.Inc()
-		h.broker.Subscribe(name)
-	}
-	r.members = append(r.members, c)
-	c.rooms = append(c.rooms, r)
-	return true
-}
-
-// leave removes c from the room name. It reports whether c was a member.
-func (h *Hub) leave(c *Client, name string) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for i, r := range c.rooms {
-		if r.name == name {
-			h.removeMemberLocked(r, c)
-			last := len(c.rooms) - 1
-			c.rooms[i] = c.rooms[last]
-			c.rooms[last] = nil
-			c.rooms = c.rooms[:last]
-			return true
-		}
-	}
-	return false
-}
-
-// removeMemberLocked takes c out of r.members, and drops r when it empties.
-func (h *Hub) removeMemberLocked(r *room, c *Client) {
-	for i, m := range r.members {
-		if m == c {
-			last := len(r.members) - 1
-			r.members[i] = r.members[last]
-			r.members[last] = nil
-			r.members = r.members[:last]
-			break
-		}
-	}
-	if len(r.members) == 0 {
-		delete(h.rooms, r.name)
-		h.metrics.rooms.Dec()
-		h.broker.Unsubscribe(r.name)
-	}
-}
-
-// Publish sends data, compact JSON without a newline, to every member of room
-// on every node. It returns once the broker has taken the message; members on
-// this node have it queued by then. room must be a valid room name.
-func (h *Hub) Publish(ctx context.Context, room string, data []byte) error {
-	// One buffer holds the payload for the broker and, after the prefix, the
-	// frame every local member is sent: no copy per recipient.
-	buf := make([]byte, 0, len(h.prefix)+wire.MessageLen(room, data))
-	buf = append(buf, h.prefix...)
-	buf = wire.AppendMessage(buf, room, data)
-	ctx, cancel := context.WithTimeout(ctx, h.cfg.BrokerTimeout)
-	defer cancel()
-	if err := h.broker.Publish(ctx, room, buf); err != nil {
-		h.metrics.publishFailures.Inc()
-		return fmt.Errorf("hub: publish to %q: %w", room, err)
-	}
-	h.metrics.published.Inc()
-	h.broadcast(room, buf[len(h.prefix):])
-	return nil
-}
-
-// Deliver takes a payload another node published to room, and queues it for
-// every local member. It drops this node's own payloads, which its members
-// already have. It never blocks.
-func (h *Hub) Deliver(room string, payload string) {
-	origin, frame, ok := strings.Cut(payload, "\n")
-	if !ok {
-		h.metrics.badPayloads.Inc()
 		return
 	}
-	if origin == h.cfg.NodeID {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !h.history() || rc.Offset == 0 {
+		r.emitLocked(0, wire.AppendMessage(nil, p.Room, 0, p.Data))
 		return
 	}
-	h.broadcast(room, []byte(frame)) // one copy, shared by every member
+	r.acceptLocked(pubsub.Message{Room: p.Room, Epoch: rc.Epoch, Offset: rc.Offset, Data: p.Data}, false)
+}
+
+// Resync takes rooms whose subscription was lost and is back: with history
+// on the node reads what it missed back from the history and delivers it in
+// order, telling its members gap only for what the history lost; with
+// history off it tells them gap.
+func (h *Hub) Resync(rooms []string) {
+	for _, name := range rooms {
+		r := h.rooms.get(name)
+		if r == nil {
+			continue
+		}
+		r.mu.Lock()
+		if h.history() {
+			r.suspect = true
+			if r.synced {
+				r.startFillLocked()
+			}
+		} else {
+			r.gapLocked()
+		}
+		r.mu.Unlock()
+	}
 }
 
 // Gap tells the members of rooms that messages may have been lost.
 func (h *Hub) Gap(rooms []string) {
 	for _, name := range rooms {
-		h.broadcast(name, wire.AppendGap(nil, name))
-	}
-}
-
-// broadcast queues frame for every local member of room. frame is shared and
-// must not change afterwards.
-func (h *Hub) broadcast(room string, frame []byte) {
-	h.mu.RLock()
-	r := h.rooms[room]
-	var n int
-	if r != nil {
-		for _, c := range r.members {
-			if c.send(frame) {
-				n++
-			}
+		if r := h.rooms.get(name); r != nil {
+			r.mu.Lock()
+			r.gapLocked()
+			r.mu.Unlock()
 		}
 	}
-	h.mu.RUnlock()
-	h.metrics.delivered.Add(float64(n))
 }

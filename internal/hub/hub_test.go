@@ -2,7 +2,6 @@ package hub
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/hubcluster/hubcluster/internal/pubsub"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
@@ -108,11 +108,12 @@ func TestRunTwiceFails(t *testing.T) {
 	}
 }
 
-// A client that never reads is cut off with 4000 when its queue overflows;
-// everyone else gets every message, in order.
+// A client that never reads falls behind, and once it has been behind for
+// SlowTimeout it is cut off with 4000; everyone else gets every message, in
+// order.
 func TestSlowConsumerIsCutOffAndOthersUnaffected(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		n := newTestNode(t, Config{SendQueue: 16, PingInterval: -1}) // no reader answers pings after the test reads
+		n := newTestNode(t, Config{SendQueue: 16, SlowTimeout: 2 * time.Second, PingInterval: -1, WriteTimeout: time.Hour})
 		defer n.run()()
 		slow, fast := n.dial(), n.dial()
 		for _, c := range []*testClient{slow, fast} {
@@ -129,16 +130,17 @@ func TestSlowConsumerIsCutOffAndOthersUnaffected(t *testing.T) {
 			}
 		}()
 		for i := range msgs {
-			if err := n.hub.Publish(context.Background(), "r", fmt.Appendf(nil, "%d", i)); err != nil {
+			if _, err := n.hub.Publish(context.Background(), "r", fmt.Appendf(nil, "%d", i), ""); err != nil {
 				t.Fatalf("publish: %v", err)
 			}
-			synctest.Wait() // the fast reader keeps up; the slow one never reads
+			synctest.Wait()                  // the fast reader keeps up; the slow one never reads
+			time.Sleep(5 * time.Millisecond) // 200 messages a second
 		}
 		<-done
 		for i, m := range got {
 			checkObject(t, m, map[string]any{"type": "message", "room": "r", "data": i})
 		}
-		// The slow peer's blocked write runs into its deadline (fake time).
+		// The close handshake with the peer that reads nothing times out.
 		time.Sleep(time.Minute)
 		synctest.Wait()
 		if got := n.hub.Clients(); got != 1 {
@@ -153,6 +155,69 @@ func TestSlowConsumerIsCutOffAndOthersUnaffected(t *testing.T) {
 	})
 }
 
+// Regression (review defect 12): a burst the node hands its members all at
+// once (publishes that waited on a stalled broker completing together) is
+// not slowness: members that read at their usual pace are not cut, even
+// though the burst is larger than their SendQueue.
+func TestBurstDoesNotCutHealthyReaders(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n := newTestNode(t, Config{SendQueue: 16, SlowTimeout: time.Second})
+		defer n.run()()
+		const members, burst = 20, 400
+		readers := make([]*testClient, members)
+		for i := range readers {
+			readers[i] = n.dial()
+			readers[i].join("r")
+		}
+		var wg sync.WaitGroup
+		for _, c := range readers {
+			wg.Go(func() {
+				var pending []map[string]any
+				for i := range burst {
+					checkObject(t, c.next(&pending), map[string]any{"type": "message", "data": i})
+					if i%50 == 0 {
+						time.Sleep(2 * time.Millisecond) // a reader with a 2 ms hiccup now and then
+					}
+				}
+			})
+		}
+		for i := range burst { // all at once, as a stalled broker's backlog lands
+			if _, err := n.hub.Publish(context.Background(), "r", fmt.Appendf(nil, "%d", i), ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+		wg.Wait()
+		if got := counterValue(t, n.hub.metrics.overflows); got != 0 {
+			t.Errorf("got %v members cut as slow after a burst, want 0", got)
+		}
+		if got := n.hub.Clients(); got != members {
+			t.Errorf("got %d clients, want %d", got, members)
+		}
+	})
+}
+
+// The byte bound of a queue is hard: a client that reads nothing while large
+// messages pile up is cut as soon as its queue passes SendQueueBytes.
+func TestQueueByteBoundCutsAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n := newTestNode(t, Config{SendQueue: 100000, SendQueueBytes: 64 << 10, SlowTimeout: time.Hour, PingInterval: -1})
+		defer n.run()()
+		c := n.dial()
+		c.join("r")
+		big := []byte(`"` + strings.Repeat("x", 8<<10) + `"`)
+		for range 12 {
+			if _, err := n.hub.Publish(context.Background(), "r", big, ""); err != nil {
+				t.Fatal(err)
+			}
+			synctest.Wait() // the writer is stuck on its first frame; the rest queue up
+		}
+		if got := counterValue(t, n.hub.metrics.overflows); got != 1 {
+			t.Errorf("got %v overflows, want 1", got)
+		}
+		c.expectClose(websocket.StatusCode(4000))
+	})
+}
+
 // Messages that queue up while a write is in flight go out together, one
 // newline-separated frame, in order.
 func TestQueuedMessagesAreBatched(t *testing.T) {
@@ -163,7 +228,9 @@ func TestQueuedMessagesAreBatched(t *testing.T) {
 		c.join("r")
 		const msgs = 50
 		for i := range msgs {
-			n.hub.Publish(context.Background(), "r", fmt.Appendf(nil, "%d", i))
+			if _, err := n.hub.Publish(context.Background(), "r", fmt.Appendf(nil, "%d", i), ""); err != nil {
+				t.Fatalf("publish: %v", err)
+			}
 		}
 		synctest.Wait() // the writer is blocked on the first write; the rest wait
 		var frames, seen int
@@ -322,16 +389,13 @@ func TestDeliverDropsOwnPayloadsAndServesOthers(t *testing.T) {
 		defer n.run()()
 		c := n.dial()
 		c.join("r")
-		n.hub.Deliver("r", "me\n"+`{"type":"message","room":"r","data":"own"}`)
-		n.hub.Deliver("r", "garbage-without-newline")
-		n.hub.Deliver("r", "other\n"+`{"type":"message","room":"r","data":"theirs"}`)
-		n.hub.Gap([]string{"r", "nobody-here"})
+		n.hub.Deliver(pubsub.Message{Room: "r", Origin: "me", Data: []byte(`"own"`)})
+		n.hub.Deliver(pubsub.Message{Room: "r", Origin: "other", Data: []byte(`"theirs"`)})
+		n.hub.Deliver(pubsub.Message{Room: "elsewhere", Origin: "other", Data: []byte(`"nobody here"`)})
+		n.hub.Resync([]string{"r", "nobody-here"})
 		var pending []map[string]any
 		checkObject(t, c.next(&pending), map[string]any{"type": "message", "data": "theirs"})
 		checkObject(t, c.next(&pending), map[string]any{"type": "gap", "room": "r"})
-		if got := counterValue(t, n.hub.metrics.badPayloads); got != 1 {
-			t.Errorf("got %v bad payloads, want 1", got)
-		}
 	})
 }
 
@@ -344,7 +408,7 @@ func TestPublishFailsWhenBrokerRefuses(t *testing.T) {
 		n.broker.Close()
 		c.sendRaw(`{"type":"publish","room":"r","data":1,"id":2}`)
 		c.expect(map[string]any{"type": "error", "code": "unavailable", "id": 2})
-		if err := n.hub.Publish(context.Background(), "r", []byte("1")); err == nil {
+		if _, err := n.hub.Publish(context.Background(), "r", []byte("1"), ""); err == nil {
 			t.Error("Publish on a closed broker: got nil error")
 		}
 	})
@@ -360,10 +424,19 @@ func TestNewRejectsBadNodeID(t *testing.T) {
 
 type nilBroker struct{}
 
-func (nilBroker) Publish(context.Context, string, []byte) error      { return errors.New("no broker") }
+func (nilBroker) Publish(_ pubsub.Publication, done func(pubsub.Receipt, error)) {
+	done(pubsub.Receipt{}, fmt.Errorf("%w: no broker", pubsub.ErrUnavailable))
+}
 func (nilBroker) Subscribe(string)                                   {}
 func (nilBroker) Unsubscribe(string)                                 {}
+func (nilBroker) Subscribed(string) bool                             { return true }
 func (nilBroker) WaitSubscribed(ctx context.Context, _ string) error { return nil }
+func (nilBroker) Position(context.Context, string) (string, uint64, error) {
+	return "", 0, pubsub.ErrNoHistory
+}
+func (nilBroker) History(context.Context, string, uint64, int) (pubsub.History, error) {
+	return pubsub.History{}, pubsub.ErrNoHistory
+}
 
 func counterValue(t *testing.T, c prometheus.Collector) float64 {
 	t.Helper()

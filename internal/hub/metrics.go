@@ -12,14 +12,20 @@ type metrics struct {
 	rooms           prometheus.Gauge
 	received        prometheus.Counter
 	published       prometheus.Counter
-	publishFailures prometheus.Counter
+	publishFailures *prometheus.CounterVec
 	delivered       prometheus.Counter
 	overflows       prometheus.Counter
-	badPayloads     prometheus.Counter
 	authFailures    prometheus.Counter
 	forbidden       prometheus.Counter
 	rateLimited     prometheus.Counter
+	refused         *prometheus.CounterVec
 	closes          *prometheus.CounterVec
+	gaps            prometheus.Counter
+	duplicates      prometheus.Counter
+	fills           prometheus.Counter
+	windowReads     prometheus.Counter
+	recoveries      *prometheus.CounterVec
+	recovered       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -34,38 +40,57 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "hub_messages_in_total", Help: "Objects received from clients.",
 		}),
 		published: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "hub_publishes_total", Help: "Messages published from this node (clients and POST /v1/publish).",
+			Name: "hub_publishes_total", Help: "Messages published from this node (clients and POST /v1/publish) that the broker took.",
 		}),
-		publishFailures: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "hub_publish_failures_total", Help: "Publishes the broker did not take.",
-		}),
+		publishFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hub_publish_failures_total", Help: "Publishes the broker did not take (reason unavailable: certainly not handed on) or did not confirm in time (reason timeout).",
+		}, []string{"reason"}),
 		delivered: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hub_messages_out_total", Help: "Messages queued for clients on this node.",
 		}),
 		overflows: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "hub_queue_overflows_total", Help: "Clients cut off because their send queue overflowed.",
-		}),
-		badPayloads: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "hub_bad_payloads_total", Help: "Broker payloads dropped because they were not in the node format.",
+			Name: "hub_queue_overflows_total", Help: "Clients cut off with 4000: behind their messages for too long, or over the byte bound of their queue.",
 		}),
 		authFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hub_auth_failures_total", Help: "Connections refused or tokens rejected: bad, expired or missing token, authentication timeout.",
 		}),
 		forbidden: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "hub_forbidden_total", Help: "Subscribes and publishes the connection's token does not grant.",
+			Name: "hub_forbidden_total", Help: "Subscribes and publishes the connection's token does not grant, and rooms left after a narrowed token refresh.",
 		}),
 		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "hub_rate_limited_total", Help: "Requests rejected by the per-connection rate limit.",
+			Name: "hub_rate_limited_total", Help: "Requests and pings rejected by the per-connection rate limit.",
 		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hub_requests_refused_total", Help: "Requests answered unavailable because the node's own backlog was full, by reason (backlog: requests behind a subscribe; inflight: publishes waiting for the broker).",
+		}, []string{"reason"}),
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hub_closes_total", Help: "Closed WebSocket connections by close code.",
 		}, []string{"code"}),
+		gaps: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hub_gaps_total", Help: "Gaps told to the members of a room: messages that may be lost and will not be delivered.",
+		}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hub_history_duplicates_total", Help: "Messages dropped because the room's members had them already (offset seen).",
+		}),
+		fills: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hub_history_fills_total", Help: "History reads the node made to fill a hole in a room's offsets.",
+		}),
+		windowReads: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hub_history_window_reads_total", Help: "History reads of a room's whole window for recovering clients (shared by every client recovering at once).",
+		}),
+		recoveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hub_recoveries_total", Help: "Subscribes with since, by result: recovered, or gap (history did not cover it).",
+		}, []string{"result"}),
+		recovered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hub_recovered_messages_total", Help: "Messages delivered to clients from history by recovery.",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.connections, m.rooms, m.received, m.published,
-		m.publishFailures, m.delivered, m.overflows, m.badPayloads, m.authFailures, m.forbidden, m.rateLimited, m.closes} {
+	for _, c := range []prometheus.Collector{m.connections, m.rooms, m.received, m.published, m.publishFailures,
+		m.delivered, m.overflows, m.authFailures, m.forbidden, m.rateLimited, m.refused, m.closes,
+		m.gaps, m.duplicates, m.fills, m.windowReads, m.recoveries, m.recovered} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

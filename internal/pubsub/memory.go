@@ -2,34 +2,190 @@ package pubsub
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
 	"sync"
+	"time"
 )
 
-// Memory is the embedded broker of a single node: there is no other node, so a
-// publish is accepted and goes nowhere (the hub delivers to its own members), and
-// a subscription is live as soon as it is asked for.
+// MemoryConfig holds the in-memory broker's settings.
+type MemoryConfig struct {
+	// HistorySize is how many messages each room keeps (0: history off).
+	HistorySize int
+	// HistoryTTL is how long a room's history lives after its last publish
+	// (default 5m).
+	HistoryTTL time.Duration
+}
+
+// Memory is the embedded broker of a single node: there is no other node, so
+// nothing arrives from elsewhere, and a subscription is live as soon as it is
+// asked for. With history on it keeps each room's last HistorySize messages
+// in a ring, with the same offsets, epochs, expiry and idempotency keys as
+// Redis.
 //
-// All methods may be called concurrently, before and after Run.
+// All methods may be called concurrently, before and after Run. Publish
+// calls done before it returns.
 type Memory struct {
+	cfg MemoryConfig
+
 	mu     sync.Mutex
-	rooms  map[string]struct{}
+	rooms  map[string]struct{} // this node's interest
+	hist   map[string]*ring
 	closed bool
 }
 
-// NewMemory returns a ready in-memory broker.
-func NewMemory() *Memory {
-	return &Memory{rooms: make(map[string]struct{})}
+// ring is one room's history and idempotency keys, guarded by Memory.mu.
+type ring struct {
+	epoch string
+	top   uint64
+	msgs  []Message // circular: the kept messages, msgs[(start+i)%cap]
+	start int
+	n     int
+	last  time.Time // last publish (or creation)
+	keys  map[string]keyEntry
+	order []keyEntry // keys by age, for expiry
 }
 
-// Publish accepts payload for room.
-func (m *Memory) Publish(ctx context.Context, room string, payload []byte) error {
-	m.mu.Lock()
-	closed := m.closed
-	m.mu.Unlock()
-	if closed {
-		return ErrClosed
+type keyEntry struct {
+	key    string
+	offset uint64
+	at     time.Time
+}
+
+// NewMemory returns a ready in-memory broker.
+func NewMemory(cfg MemoryConfig) *Memory {
+	if cfg.HistoryTTL <= 0 {
+		cfg.HistoryTTL = 5 * time.Minute
 	}
-	return ctx.Err()
+	return &Memory{cfg: cfg, rooms: make(map[string]struct{}), hist: make(map[string]*ring)}
+}
+
+// newEpoch returns a fresh epoch name.
+func newEpoch() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// ringLocked returns room's history, made (or remade, once expired) when
+// create is set; m.mu must be held.
+func (m *Memory) ringLocked(room string, create bool) *ring {
+	r := m.hist[room]
+	if r != nil && time.Since(r.last) > m.cfg.HistoryTTL {
+		delete(m.hist, room)
+		r = nil
+	}
+	if r == nil && create {
+		r = &ring{epoch: newEpoch(), last: time.Now(), keys: make(map[string]keyEntry)}
+		if m.cfg.HistorySize > 0 {
+			r.msgs = make([]Message, m.cfg.HistorySize)
+		}
+		m.hist[room] = r
+	}
+	return r
+}
+
+// Publish stores p (with history on) and calls done with its receipt.
+func (m *Memory) Publish(p Publication, done func(Receipt, error)) {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		done(Receipt{}, unavailable(ErrClosed))
+		return
+	}
+	if m.cfg.HistorySize == 0 && p.IdempotencyKey == "" {
+		m.mu.Unlock()
+		done(Receipt{}, nil)
+		return
+	}
+	r := m.ringLocked(p.Room, true)
+	now := time.Now()
+	r.expireKeys(now, m.cfg.HistoryTTL)
+	if p.IdempotencyKey != "" {
+		if e, ok := r.keys[p.IdempotencyKey]; ok {
+			m.mu.Unlock()
+			done(m.receipt(r, e.offset, true), nil)
+			return
+		}
+	}
+	r.last = now
+	var off uint64
+	if m.cfg.HistorySize > 0 {
+		r.top++
+		off = r.top
+		i := (r.start + r.n) % len(r.msgs)
+		if r.n == len(r.msgs) {
+			r.start = (r.start + 1) % len(r.msgs)
+		} else {
+			r.n++
+		}
+		r.msgs[i] = Message{Room: p.Room, Epoch: r.epoch, Offset: off, Data: p.Data}
+	}
+	if p.IdempotencyKey != "" {
+		e := keyEntry{key: p.IdempotencyKey, offset: off, at: now}
+		r.keys[e.key] = e
+		r.order = append(r.order, e)
+	}
+	rc := m.receipt(r, off, false)
+	m.mu.Unlock()
+	done(rc, nil)
+}
+
+func (m *Memory) receipt(r *ring, off uint64, dup bool) Receipt {
+	if m.cfg.HistorySize == 0 {
+		return Receipt{Duplicate: dup}
+	}
+	return Receipt{Epoch: r.epoch, Offset: off, Duplicate: dup}
+}
+
+func (r *ring) expireKeys(now time.Time, ttl time.Duration) {
+	i := 0
+	for i < len(r.order) && now.Sub(r.order[i].at) > ttl {
+		if r.keys[r.order[i].key].at == r.order[i].at {
+			delete(r.keys, r.order[i].key)
+		}
+		i++
+	}
+	if i > 0 {
+		r.order = append(r.order[:0], r.order[i:]...)
+	}
+}
+
+// Position returns where room's history stands, making its epoch if it has
+// none yet.
+func (m *Memory) Position(ctx context.Context, room string) (string, uint64, error) {
+	if m.cfg.HistorySize == 0 {
+		return "", 0, ErrNoHistory
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return "", 0, unavailable(ErrClosed)
+	}
+	r := m.ringLocked(room, true)
+	return r.epoch, r.top, nil
+}
+
+// History returns room's kept messages after offset after, at most limit.
+func (m *Memory) History(ctx context.Context, room string, after uint64, limit int) (History, error) {
+	if m.cfg.HistorySize == 0 {
+		return History{}, ErrNoHistory
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return History{}, unavailable(ErrClosed)
+	}
+	r := m.ringLocked(room, true)
+	h := History{Epoch: r.epoch, Top: r.top}
+	for i := 0; i < r.n && len(h.Messages) < limit; i++ {
+		msg := r.msgs[(r.start+i)%len(r.msgs)]
+		if msg.Offset > after {
+			h.Messages = append(h.Messages, msg)
+		}
+	}
+	return h, nil
 }
 
 // Subscribe records this node's interest in room. It never blocks.
@@ -46,8 +202,21 @@ func (m *Memory) Unsubscribe(room string) {
 	m.mu.Unlock()
 }
 
+// Subscribed reports whether room is subscribed: as soon as it is asked for.
+func (m *Memory) Subscribed(room string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, ok := m.rooms[room]
+	return ok
+}
+
 // WaitSubscribed returns at once: an in-memory subscription is live when asked for.
-func (m *Memory) WaitSubscribed(ctx context.Context, room string) error { return nil }
+func (m *Memory) WaitSubscribed(ctx context.Context, room string) error {
+	if !m.Subscribed(room) {
+		return fmt.Errorf("pubsub: %q: not subscribed", room)
+	}
+	return nil
+}
 
 // Subscriptions returns how many rooms this node is subscribed to.
 func (m *Memory) Subscriptions() int {
@@ -66,10 +235,23 @@ func (m *Memory) Ready() error {
 	return nil
 }
 
-// Run blocks until ctx is done. The memory broker has nothing to receive.
+// Run drops expired histories until ctx is done. The memory broker has
+// nothing to receive.
 func (m *Memory) Run(ctx context.Context, _ Sink) error {
-	<-ctx.Done()
-	return nil
+	t := time.NewTicker(max(m.cfg.HistoryTTL/2, time.Second))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			m.mu.Lock()
+			for room := range m.hist {
+				m.ringLocked(room, false)
+			}
+			m.mu.Unlock()
+		}
+	}
 }
 
 // StopSubscriptions drops this node's interest in every room.

@@ -5,61 +5,90 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
-// RedisConfig holds the Redis broker's settings. Zero values take the defaults
-// noted.
+// RedisConfig holds the Redis broker's settings. Zero values take the
+// defaults noted.
 type RedisConfig struct {
 	// URL is a redis:// or rediss:// URL (TLS, ACL user and password).
 	URL string
-	// Prefix starts every channel name: one channel per room, Prefix+room.
+	// Prefix starts every key and channel name (default "hub:"). It must not
+	// contain '{' or '}': a room's keys share the hash tag {Prefix room}.
 	Prefix string
-	// NodeID names this node; its self-probe channel is private to it.
+	// NodeID is the name the operator gave this node: two live nodes with
+	// the same one are told apart and reported (the later is not ready).
 	NodeID string
+	// Origin is this process's unique id: its probe channel and, with
+	// history off, the tag that tells its own messages apart (default
+	// NodeID).
+	Origin string
 	// ProbeInterval is how often the node publishes a probe to itself
 	// (default 1s).
 	ProbeInterval time.Duration
 	// ProbeTimeout is how long the subscription may stay silent, no probe
 	// coming back, before the node counts it as lost (default 3s).
 	ProbeTimeout time.Duration
-	// MaxBatch bounds how many publishes, or how many channels of a
+	// Timeout bounds how long a publication may wait in the node's queue,
+	// and then for Redis's answer (default 5s each).
+	Timeout time.Duration
+	// HistorySize is how many messages each room keeps in its stream (0:
+	// history off); HistoryTTL how long a room's history lives after its
+	// last publish (default 5m).
+	HistorySize int
+	HistoryTTL  time.Duration
+	// MaxBatch bounds how many commands, or how many channels of a
 	// subscription change, go out in one round trip (default 512).
 	MaxBatch int
-	// Batching turns publish pipelining on (the default); off sends one
-	// PUBLISH per round trip, for comparison.
+	// NoBatching sends one publication per round trip, for comparison.
 	NoBatching bool
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
 
 // Redis is the broker of a cluster: one Redis channel per room, subscribed
-// only while this node has local members in the room; publishes pipelined.
+// only while this node has local members in the room; commands pipelined.
+// With history on, each room also has a stream of its last HistorySize
+// messages and a hash with its epoch and latest offset; one script appends
+// and publishes a message in one atomic step, so the offset a subscriber
+// sees is the one stored.
 //
-// Redis pub/sub is at-most-once. Redis makes every gap visible instead of
-// losing messages quietly: a lost connection or a subscription that goes
-// silent (caught by a probe the node publishes to itself) makes the broker
-// not ready, and when the subscription is back it reports a Gap for every room
-// to the Sink.
+// Redis pub/sub is at-most-once. Redis makes every gap visible: a lost
+// connection or a subscription that goes silent (caught by a probe the node
+// publishes to itself) makes the broker not ready, and when a room's
+// subscription is back it tells the Sink to Resync the room.
+//
+// A publication is sent at most once: go-redis never retries a command
+// here, so after a Redis stall a message is not delivered twice or out of
+// order. Its error says what is known: ErrUnavailable when it certainly did
+// not reach Redis, ErrUncertain when it may have.
 //
 // All methods may be called concurrently. Subscribe and Unsubscribe record
 // interest and never block; Run carries it out, and must be running for a
-// subscription to go live or a publish to be sent.
+// subscription to go live or a command to be sent.
 type Redis struct {
-	cfg      RedisConfig
-	log      *slog.Logger
-	client   *redis.Client
-	probeCh  string
-	metrics  *redisMetrics
-	publishQ chan *publishReq
-	kick     chan struct{} // interest changed; capacity 1
-	ready    atomic.Pointer[error]
-	stopSubs chan struct{} // closed by StopSubscriptions
+	cfg     RedisConfig
+	log     *slog.Logger
+	client  *redis.Client // commands: scripts, publishes, reads
+	sub     *redis.Client // the pub/sub connection
+	probeCh string
+	leaseK  string
+	metrics *redisMetrics
+
+	pubQ  chan *op // publications, in order
+	readQ chan *op // history reads
+	kick  chan struct{}
+
+	subErr   atomic.Pointer[error] // why the subscription is not proven live, or nil
+	dupErr   atomic.Pointer[error] // another live node holds this node id, or nil
+	stopSubs chan struct{}         // closed by StopSubscriptions
 	stopOnce sync.Once
 	subsDone chan struct{} // closed when the subscribe loop has ended
 
@@ -74,6 +103,10 @@ type roomSub struct {
 	sent    bool          // a SUBSCRIBE for it went to Redis and no UNSUBSCRIBE since
 	pending int           // SUBSCRIBE commands not yet confirmed
 	live    chan struct{} // closed once the subscription is confirmed
+	// lost is set when the connection failed after the room's subscription
+	// was live: its next confirmation is a resubscription, and the room may
+	// have missed messages in between.
+	lost bool
 }
 
 var errNotStarted = errors.New("redis: not connected yet")
@@ -84,14 +117,29 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	if cfg.Prefix == "" {
 		cfg.Prefix = "hub:"
 	}
+	if strings.ContainsAny(cfg.Prefix, "{}") {
+		return nil, errors.New("pubsub: prefix must not contain '{' or '}'")
+	}
 	if cfg.NodeID == "" {
 		return nil, errors.New("pubsub: empty node id")
+	}
+	if cfg.Origin == "" {
+		cfg.Origin = cfg.NodeID
 	}
 	if cfg.ProbeInterval <= 0 {
 		cfg.ProbeInterval = time.Second
 	}
 	if cfg.ProbeTimeout <= 0 {
 		cfg.ProbeTimeout = 3 * time.Second
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 5 * time.Second
+	}
+	if cfg.HistorySize < 0 {
+		return nil, errors.New("pubsub: negative history size")
+	}
+	if cfg.HistoryTTL <= 0 {
+		cfg.HistoryTTL = 5 * time.Minute
 	}
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = 512
@@ -104,11 +152,6 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		// ParseURL's errors do not quote the URL, so no password leaks here.
 		return nil, fmt.Errorf("pubsub: redis url: %w", err)
 	}
-	opts.DialTimeout = 2 * time.Second
-	opts.ReadTimeout = 3 * time.Second
-	opts.WriteTimeout = 3 * time.Second
-	opts.MaxRetries = 0 // a publish that failed is reported, not replayed out of order
-	opts.ClientName = "hubcluster:" + cfg.NodeID
 	m, err := newRedisMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, err
@@ -116,30 +159,83 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	r := &Redis{
 		cfg:      cfg,
 		log:      cfg.Logger.With("component", "pubsub", "broker", "redis"),
-		client:   redis.NewClient(opts),
-		probeCh:  cfg.Prefix + "!probe:" + cfg.NodeID, // '!' is never in a room name
+		client:   redis.NewClient(commandOptions(opts, cfg)),
+		sub:      redis.NewClient(subscriberOptions(opts, cfg)),
+		probeCh:  cfg.Prefix + "!probe:" + cfg.Origin, // '!' is never in a room name
+		leaseK:   cfg.Prefix + "!node:" + cfg.NodeID,
 		metrics:  m,
-		publishQ: make(chan *publishReq, 4*cfg.MaxBatch),
+		pubQ:     make(chan *op, 4*cfg.MaxBatch),
+		readQ:    make(chan *op, 4*cfg.MaxBatch),
 		kick:     make(chan struct{}, 1),
 		stopSubs: make(chan struct{}),
 		subsDone: make(chan struct{}),
 		rooms:    make(map[string]*roomSub),
 		dirty:    make(map[string]struct{}),
 	}
-	r.setReady(errNotStarted)
+	r.setSubReady(errNotStarted)
+	r.dupErr.Store(new(error))
 	return r, nil
 }
 
-// Ready reports why fan-out does not work now, or nil.
-func (r *Redis) Ready() error { return *r.ready.Load() }
+// commandOptions are the options of the command client. go-redis's zero
+// values are not "off": each one that matters is set.
+func commandOptions(base *redis.Options, cfg RedisConfig) *redis.Options {
+	o := *base
+	o.ClientName = "hubcluster:" + cfg.Origin
+	// Never send a command twice: a retried PUBLISH or script after a stall
+	// delivers a message twice and out of order (0 means 3 retries).
+	o.MaxRetries = -1
+	o.MinRetryBackoff, o.MaxRetryBackoff = -1, -1
+	o.DialerRetries = 1 // 0 means 5 attempts per dial
+	o.DialTimeout = 2 * time.Second
+	o.ReadTimeout = 3 * time.Second
+	o.WriteTimeout = 3 * time.Second
+	// Deadlines of contexts bound the socket reads and writes (the default
+	// ignores them and uses the read timeout alone).
+	o.ContextTimeoutEnabled = true
+	o.PoolSize = 8
+	o.PoolTimeout = time.Second
+	o.PipelinePoolSize = -1 // one pool, one dial breaker
+	o.DisableIdentity = true
+	o.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	return &o
+}
 
-func (r *Redis) setReady(err error) {
-	r.ready.Store(&err)
-	if err == nil {
+// subscriberOptions are the options of the pub/sub client: the same, and a
+// pool of its own so a pub/sub reconnect never waits behind commands.
+func subscriberOptions(base *redis.Options, cfg RedisConfig) *redis.Options {
+	o := commandOptions(base, cfg)
+	o.ClientName = "hubcluster:" + cfg.Origin + ":sub"
+	o.PoolSize = 2
+	return o
+}
+
+// Ready reports why fan-out does not work now, or nil.
+func (r *Redis) Ready() error {
+	if err := *r.dupErr.Load(); err != nil {
+		return err
+	}
+	return *r.subErr.Load()
+}
+
+func (r *Redis) setSubReady(err error) {
+	r.subErr.Store(&err)
+	if err == nil && *r.dupErr.Load() == nil {
 		r.metrics.ready.Set(1)
 	} else {
 		r.metrics.ready.Set(0)
 	}
+}
+
+// publishable reports why a publication would certainly not be delivered
+// now, or nil. While the subscriptions are stopped on purpose (a drain),
+// publishing still works.
+func (r *Redis) publishable() error {
+	err := *r.subErr.Load()
+	if err == nil || r.stopping() {
+		return nil
+	}
+	return err
 }
 
 // Subscribe records this node's interest in room. It never blocks.
@@ -169,12 +265,29 @@ func (r *Redis) want(room string, wanted bool) {
 				s.live = make(chan struct{})
 			default:
 			}
+			s.lost = false
 		}
 	}
 	r.mu.Unlock()
 	select {
 	case r.kick <- struct{}{}:
 	default:
+	}
+}
+
+// Subscribed reports whether room's subscription is confirmed by Redis now.
+func (r *Redis) Subscribed(room string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.rooms[room]
+	if s == nil || !s.wanted {
+		return false
+	}
+	select {
+	case <-s.live:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -202,41 +315,6 @@ func (r *Redis) Subscriptions() int {
 	return len(r.rooms)
 }
 
-type publishReq struct {
-	channel string
-	payload []byte
-	done    chan error
-}
-
-var publishReqs = sync.Pool{New: func() any { return &publishReq{done: make(chan error, 1)} }}
-
-// Publish sends payload to room's channel and returns once Redis took it, or
-// with an error once ctx ends or Redis failed. Publishes are pipelined with
-// those of other callers; one caller's publishes keep their order.
-func (r *Redis) Publish(ctx context.Context, room string, payload []byte) error {
-	req := publishReqs.Get().(*publishReq)
-	req.channel = r.cfg.Prefix + room
-	req.payload = payload
-	select {
-	case r.publishQ <- req:
-	case <-ctx.Done():
-		publishReqs.Put(req)
-		return fmt.Errorf("pubsub: publish %q: %w", room, ctx.Err())
-	}
-	select {
-	case err := <-req.done:
-		req.payload = nil
-		publishReqs.Put(req) // only once its answer is read: no stale answer for the next user
-		if err != nil {
-			return fmt.Errorf("pubsub: publish %q: %w", room, err)
-		}
-		return nil
-	case <-ctx.Done():
-		// The publisher loop still answers into req.done; req is not reused.
-		return fmt.Errorf("pubsub: publish %q: %w", room, ctx.Err())
-	}
-}
-
 // StopSubscriptions drops every subscription of this node at once, by closing
 // its pub/sub connection (Redis forgets a connection's subscriptions when it
 // closes, whether or not Redis answers), so the node stops taking cluster
@@ -252,81 +330,45 @@ func (r *Redis) StopSubscriptions(ctx context.Context) error {
 	}
 }
 
-// Close closes the connections to Redis. Call it after Run has returned.
+// Close closes the connections to Redis, giving this node's id back first.
+// Call it after Run has returned.
 func (r *Redis) Close() error {
-	return r.client.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	releaseScript.Run(ctx, r.client, []string{r.leaseK}, r.cfg.Origin) // best effort
+	return errors.Join(r.client.Close(), r.sub.Close())
 }
 
-// Run connects to Redis and carries messages until ctx ends: it publishes,
-// keeps the subscriptions in line with this node's interest, delivers what
-// arrives to sink, and probes its own subscription. It returns nil when ctx
-// ends.
+// Run connects to Redis and carries messages until ctx ends: it sends
+// commands, keeps the subscriptions in line with this node's interest,
+// delivers what arrives to sink, and probes its own subscription. It returns
+// nil when ctx ends.
 func (r *Redis) Run(ctx context.Context, sink Sink) error {
 	var wg sync.WaitGroup
-	wg.Go(func() { r.publishLoop(ctx) })
+	wg.Go(func() { r.commandLoop(ctx, r.pubQ, true) })
+	wg.Go(func() { r.commandLoop(ctx, r.readQ, false) })
 	r.subscribeLoop(ctx, sink)
 	close(r.subsDone)
 	wg.Wait()
 	return nil
 }
 
-// publishLoop sends queued publishes, as many per round trip as are waiting.
-func (r *Redis) publishLoop(ctx context.Context) {
-	batch := make([]*publishReq, 0, r.cfg.MaxBatch)
-	for {
-		batch = batch[:0]
-		select {
-		case <-ctx.Done():
-			r.failQueued(ctx.Err())
-			return
-		case req := <-r.publishQ:
-			batch = append(batch, req)
-		}
-	fill:
-		for !r.cfg.NoBatching && len(batch) < cap(batch) {
-			select {
-			case req := <-r.publishQ:
-				batch = append(batch, req)
-			default:
-				break fill
-			}
-		}
-		r.publishBatch(ctx, batch)
-	}
+// keys of a room: they share the hash tag {prefix room}, so they live in one
+// slot of a Redis Cluster.
+func (r *Redis) channel(room string) string { return r.cfg.Prefix + "{" + room + "}" }
+func (r *Redis) metaKey(room string) string { return r.cfg.Prefix + "{" + room + "}:m" }
+func (r *Redis) streamKey(room string) string {
+	return r.cfg.Prefix + "{" + room + "}:h"
+}
+func (r *Redis) idemKey(room, key string) string {
+	return r.cfg.Prefix + "{" + room + "}:k:" + key
 }
 
-func (r *Redis) publishBatch(ctx context.Context, batch []*publishReq) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	r.metrics.batchSize.Observe(float64(len(batch)))
-	if len(batch) == 1 {
-		req := batch[0]
-		req.done <- r.client.Publish(ctx, req.channel, req.payload).Err()
-		return
+// roomOf returns the room of a channel name, or false.
+func (r *Redis) roomOf(channel string) (string, bool) {
+	rest, ok := strings.CutPrefix(channel, r.cfg.Prefix+"{")
+	if !ok {
+		return "", false
 	}
-	pipe := r.client.Pipeline()
-	cmds := make([]*redis.IntCmd, len(batch))
-	for i, req := range batch {
-		cmds[i] = pipe.Publish(ctx, req.channel, req.payload)
-	}
-	_, err := pipe.Exec(ctx)
-	for i, req := range batch {
-		if e := cmds[i].Err(); e != nil {
-			req.done <- e
-		} else {
-			req.done <- err
-		}
-	}
-}
-
-// failQueued answers every publish still queued when the loop stops.
-func (r *Redis) failQueued(err error) {
-	for {
-		select {
-		case req := <-r.publishQ:
-			req.done <- err
-		default:
-			return
-		}
-	}
+	return strings.CutSuffix(rest, "}")
 }

@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -22,18 +22,16 @@ type event struct {
 // redis.PubSub, until ctx ends; a session ends early when its subscription
 // goes silent, and the next one starts from scratch.
 func (r *Redis) subscribeLoop(ctx context.Context, sink Sink) {
-	var gapSince time.Time // zero while no gap is open
 	for ctx.Err() == nil && !r.stopping() {
-		gapSince = r.session(ctx, sink, gapSince)
+		r.session(ctx, sink)
 	}
-	r.setReady(errors.New("redis: subscriptions stopped"))
+	r.setSubReady(errors.New("redis: subscriptions stopped"))
 }
 
-// session runs one redis.PubSub until ctx ends or it goes silent, and returns
-// when the open gap started, if one is open.
-func (r *Redis) session(ctx context.Context, sink Sink, gapSince time.Time) time.Time {
-	ps := r.client.Subscribe(ctx)
-	events := make(chan event, 16)
+// session runs one redis.PubSub until ctx ends or it goes silent.
+func (r *Redis) session(ctx context.Context, sink Sink) {
+	ps := r.sub.Subscribe(ctx)
+	events := make(chan event, 64)
 	stop := make(chan struct{})
 	var recv sync.WaitGroup
 	recv.Go(func() { r.receive(ps, sink, events, stop) })
@@ -44,7 +42,8 @@ func (r *Redis) session(ctx context.Context, sink Sink, gapSince time.Time) time
 	}()
 
 	start := time.Now()
-	lastProbe, lastErr := time.Time{}, time.Time{}
+	lastProbe := time.Time{}
+	lastErr := time.Time{}
 	r.resetInterest()
 	r.syncInterest(ctx, ps, true)
 
@@ -58,18 +57,20 @@ func (r *Redis) session(ctx context.Context, sink Sink, gapSince time.Time) time
 			if err := r.client.Publish(pctx, r.probeCh, sent).Err(); err != nil && ctx.Err() == nil {
 				r.log.Debug("probe publish failed", "err", err)
 			}
+			r.holdNodeID(pctx)
 		})
 	}
 	var lastWarn time.Time
-	openGap := func(reason error) {
+	notReady := func(reason error) {
 		if r.Ready() == nil || time.Since(lastWarn) > 10*time.Second {
 			lastWarn = time.Now()
-			r.log.Warn("fan-out not working: messages may be lost until the subscription is back", "reason", reason)
+			if isConfigError(reason) {
+				r.log.Error("redis refuses the connection: check HUB_REDIS_URL (database, user, password)", "reason", reason)
+			} else {
+				r.log.Warn("fan-out not working: messages may be missed until the subscription is back", "reason", reason)
+			}
 		}
-		if gapSince.IsZero() && r.hadRooms() {
-			gapSince = time.Now()
-		}
-		r.setReady(reason)
+		r.setSubReady(reason)
 	}
 
 	ticker := time.NewTicker(r.cfg.ProbeInterval)
@@ -78,20 +79,17 @@ func (r *Redis) session(ctx context.Context, sink Sink, gapSince time.Time) time
 	for {
 		select {
 		case <-ctx.Done():
-			return gapSince
+			return
 		case <-r.stopSubs:
-			r.setReady(errors.New("redis: subscriptions stopped"))
-			return gapSince
+			r.setSubReady(errors.New("redis: subscriptions stopped"))
+			return
 		case <-r.kick:
 			r.syncInterest(ctx, ps, false)
 		case ev := <-events:
 			now := time.Now()
 			if ev.err != nil {
-				if lastErr.Before(lastProbe) || lastErr.IsZero() {
-					r.metrics.connectionLosses.Inc()
-				}
 				lastErr = now
-				openGap(fmt.Errorf("redis: subscription connection lost: %w", ev.err))
+				notReady(fmt.Errorf("redis: subscription connection lost: %w", ev.err))
 				continue
 			}
 			r.metrics.probeLatency.Observe(ev.probe.Seconds())
@@ -99,32 +97,65 @@ func (r *Redis) session(ctx context.Context, sink Sink, gapSince time.Time) time
 			if lastErr.After(now.Add(-ev.probe)) {
 				continue // this probe was sent before the failure: no proof yet
 			}
-			if r.Ready() != nil {
-				if !gapSince.IsZero() {
-					rooms := r.wantedRooms()
-					r.metrics.gaps.Inc()
-					r.log.Warn("fan-out gap closed: subscription back; members told to refetch",
-						"gap", time.Since(gapSince).Round(time.Millisecond).String(), "rooms", len(rooms))
-					sink.Gap(rooms)
-					gapSince = time.Time{}
-				} else {
-					r.log.Info("redis subscription ready")
-				}
-				r.setReady(nil)
+			if *r.subErr.Load() != nil {
+				r.log.Info("redis subscription ready")
+				r.setSubReady(nil)
 			}
 		case <-ticker.C:
 			ref := lastProbe
 			if ref.Before(start) {
 				ref = start
 			}
-			if time.Since(ref) > r.cfg.ProbeTimeout {
+			if time.Since(ref) > r.cfg.ProbeTimeout && (lastErr.IsZero() || lastErr.Before(ref)) {
+				// No error, and yet nothing comes back: the connection is
+				// open and dead. Start over on a fresh one.
 				r.metrics.silentResets.Inc()
-				openGap(errors.New("redis: subscription silent: no probe came back in time"))
-				return gapSince // a fresh connection and subscription
+				notReady(errors.New("redis: subscription silent: no probe came back in time"))
+				return
 			}
 			probe()
 		}
 	}
+}
+
+// holdNodeID keeps this node's id taken by this process in Redis, and makes
+// the broker not ready while another live process holds it.
+func (r *Redis) holdNodeID(ctx context.Context) {
+	ttl := 3 * max(r.cfg.ProbeInterval, r.cfg.ProbeTimeout)
+	holder, err := leaseScript.Run(ctx, r.client, []string{r.leaseK}, r.cfg.Origin, ttl.Milliseconds()).Text()
+	if err != nil {
+		return // Redis unreachable: the probe says so
+	}
+	var dup error
+	if holder != "" {
+		dup = fmt.Errorf("another live node uses HUB_NODE_ID %q (process %s); this one stays not ready until it stops", r.cfg.NodeID, holder)
+	}
+	prev := *r.dupErr.Swap(&dup)
+	switch {
+	case dup != nil && prev == nil:
+		r.metrics.duplicateID.Set(1)
+		r.log.Error("duplicate node id: give every node its own HUB_NODE_ID", "node_id", r.cfg.NodeID, "other", holder)
+	case dup == nil && prev != nil:
+		r.metrics.duplicateID.Set(0)
+		r.log.Info("node id is this node's alone again", "node_id", r.cfg.NodeID)
+	}
+	r.setSubReady(*r.subErr.Load())
+}
+
+// isConfigError reports whether err is Redis refusing the connection for a
+// setting that will not fix itself: a database that does not exist, a wrong
+// user or password.
+func isConfigError(err error) bool {
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		return false
+	}
+	for _, p := range []string{"ERR DB index", "WRONGPASS", "NOAUTH", "NOPERM", "ERR invalid password", "ERR AUTH"} {
+		if redis.HasErrorPrefix(err, p) {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *Redis) stopping() bool {
@@ -137,12 +168,14 @@ func (r *Redis) stopping() bool {
 }
 
 // receive reads what the subscription connection brings until stop is closed.
-// It never blocks on the hub: Sink.Deliver does not block, and events are
-// handed over without waiting.
+// It never blocks on the hub: the Sink does not block, and events are handed
+// over without waiting. After a failure go-redis reconnects and resubscribes
+// on the next Receive; receive waits between attempts, longer each time (up
+// to 2s, jittered), so a Redis that is down is not dialled in a tight loop.
 func (r *Redis) receive(ps *redis.PubSub, sink Sink, events chan<- event, stop <-chan struct{}) {
-	const maxBackoff = 250 * time.Millisecond
-	backoff := 10 * time.Millisecond
-	failed := false
+	const minBackoff, maxBackoff = 50 * time.Millisecond, 2 * time.Second
+	backoff := minBackoff
+	working := true // the connection carried something since the last failure
 	for {
 		msg, err := ps.Receive(context.Background())
 		select {
@@ -151,20 +184,30 @@ func (r *Redis) receive(ps *redis.PubSub, sink Sink, events chan<- event, stop <
 		default:
 		}
 		if err != nil {
-			failed = true
+			if working {
+				// The connection was working and broke (a restart, a kill, an
+				// output buffer Redis would not let grow): a reconnect.
+				r.metrics.connectionLosses.Inc()
+				working = false
+			}
+			r.markLost()
 			select {
 			case events <- event{err: err}:
 			default:
 			}
-			select { // go-redis reconnects on the next Receive; do not spin
+			wait := backoff/2 + rand.N(backoff/2+1)
+			select {
 			case <-stop:
 				return
-			case <-time.After(backoff):
+			case <-time.After(wait):
 			}
 			backoff = min(2*backoff, maxBackoff)
 			continue
 		}
-		backoff = 10 * time.Millisecond
+		if !working {
+			r.log.Info("redis subscription connection restored")
+		}
+		working, backoff = true, minBackoff
 		switch m := msg.(type) {
 		case *redis.Message:
 			if m.Channel == r.probeCh {
@@ -176,30 +219,58 @@ func (r *Redis) receive(ps *redis.PubSub, sink Sink, events chan<- event, stop <
 				}
 				continue
 			}
-			room, ok := strings.CutPrefix(m.Channel, r.cfg.Prefix)
+			room, ok := r.roomOf(m.Channel)
+			if !ok {
+				r.metrics.dropped.Inc()
+				continue
+			}
+			msg, ok := parseMessage(room, m.Payload)
 			if !ok {
 				r.metrics.dropped.Inc()
 				continue
 			}
 			r.metrics.received.Inc()
-			sink.Deliver(room, m.Payload)
+			sink.Deliver(msg)
 		case *redis.Subscription:
-			r.confirm(m)
-			if failed {
-				failed = false
-				r.log.Info("redis subscription connection restored")
+			if resync := r.confirm(m); resync {
+				r.metrics.gaps.Inc()
+				sink.Resync([]string{room(r, m.Channel)})
 			}
 		}
 	}
 }
 
+func room(r *Redis, channel string) string {
+	name, _ := r.roomOf(channel)
+	return name
+}
+
+// markLost records that the connection failed: every room live until now
+// may miss messages until it is subscribed again.
+func (r *Redis) markLost() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.rooms {
+		select {
+		case <-s.live:
+			s.lost = true
+		default:
+		}
+	}
+}
+
 // resetInterest starts a new session's bookkeeping: nothing is subscribed yet,
-// and every wanted room must be.
+// and every wanted room must be; the rooms that were live are marked lost.
 func (r *Redis) resetInterest() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for room, s := range r.rooms {
 		s.sent, s.pending = false, 0
+		select {
+		case <-s.live:
+			s.lost = true
+		default:
+		}
 		if s.wanted {
 			r.dirty[room] = struct{}{}
 		} else {
@@ -221,11 +292,11 @@ func (r *Redis) syncInterest(ctx context.Context, ps *redis.PubSub, withProbe bo
 		s := r.rooms[room]
 		switch {
 		case s.wanted && !s.sent:
-			subs = append(subs, r.cfg.Prefix+room)
+			subs = append(subs, r.channel(room))
 			s.sent = true
 			s.pending++
 		case !s.wanted && s.sent:
-			unsubs = append(unsubs, r.cfg.Prefix+room)
+			unsubs = append(unsubs, r.channel(room))
 			s.sent = false
 		}
 		if !s.wanted && !s.sent && s.pending == 0 {
@@ -243,60 +314,57 @@ func (r *Redis) syncInterest(ctx context.Context, ps *redis.PubSub, withProbe bo
 	}
 	for batch := range chunks(subs, r.cfg.MaxBatch) {
 		// On failure go-redis keeps the channels and subscribes them when it
-		// reconnects; the confirmation still arrives then.
+		// reconnects; the confirmation still arrives then. A SUBSCRIBE whose
+		// write failed on a live connection may be dropped by that
+		// reconnect: send it once more.
 		if err := ps.Subscribe(ctx, batch...); err != nil {
 			r.log.Debug("subscribe failed; retried on reconnect", "channels", len(batch), "err", err)
+			ps.Subscribe(ctx, batch...)
 		}
 	}
 }
 
-// confirm records Redis's confirmation of a SUBSCRIBE or UNSUBSCRIBE.
-func (r *Redis) confirm(m *redis.Subscription) {
-	room, ok := strings.CutPrefix(m.Channel, r.cfg.Prefix)
-	if !ok || m.Channel == r.probeCh {
-		return
+// confirm records Redis's confirmation of a SUBSCRIBE or UNSUBSCRIBE, and
+// reports whether it is the resubscription of a room that was lost.
+func (r *Redis) confirm(m *redis.Subscription) (resync bool) {
+	if m.Channel == r.probeCh {
+		return false
+	}
+	room, ok := r.roomOf(m.Channel)
+	if !ok {
+		return false
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := r.rooms[room]
 	if s == nil {
-		return
+		return false
 	}
 	switch m.Kind {
 	case "subscribe":
 		if s.pending > 0 {
 			s.pending--
 		}
-		if s.pending == 0 && s.wanted && s.sent {
-			select {
-			case <-s.live:
-			default:
+		if !s.wanted {
+			return false
+		}
+		select {
+		case <-s.live:
+		default:
+			if s.pending == 0 && s.sent {
 				close(s.live)
 			}
+		}
+		if s.lost {
+			s.lost = false
+			return true
 		}
 	case "unsubscribe":
 		if !s.wanted && !s.sent && s.pending == 0 {
 			delete(r.rooms, room)
 		}
 	}
-}
-
-func (r *Redis) wantedRooms() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	rooms := make([]string, 0, len(r.rooms))
-	for room, s := range r.rooms {
-		if s.wanted {
-			rooms = append(rooms, room)
-		}
-	}
-	return rooms
-}
-
-func (r *Redis) hadRooms() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.rooms) > 0
+	return false
 }
 
 func chunks(s []string, n int) func(func([]string) bool) {

@@ -2,6 +2,7 @@ package pubsub
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -58,8 +59,9 @@ func startRedisServer(tb testing.TB) string {
 }
 
 type recorder struct {
-	mu   sync.Mutex
-	msgs map[string][]string
+	mu      sync.Mutex
+	msgs    map[string][]string
+	offsets []uint64
 	gaps [][]string
 	got  chan struct{}
 }
@@ -68,9 +70,10 @@ func newRecorder() *recorder {
 	return &recorder{msgs: make(map[string][]string), got: make(chan struct{}, 1)}
 }
 
-func (r *recorder) Deliver(room, payload string) {
+func (r *recorder) Deliver(m Message) {
 	r.mu.Lock()
-	r.msgs[room] = append(r.msgs[room], payload)
+	r.msgs[m.Room] = append(r.msgs[m.Room], string(m.Data))
+	r.offsets = append(r.offsets, m.Offset)
 	r.mu.Unlock()
 	select {
 	case r.got <- struct{}{}:
@@ -78,7 +81,7 @@ func (r *recorder) Deliver(room, payload string) {
 	}
 }
 
-func (r *recorder) Gap(rooms []string) {
+func (r *recorder) Resync(rooms []string) {
 	r.mu.Lock()
 	r.gaps = append(r.gaps, rooms)
 	r.mu.Unlock()
@@ -148,7 +151,7 @@ func TestRedisDeliversBetweenBrokers(t *testing.T) {
 	if err := b.WaitSubscribed(ctx, "room"); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Publish(ctx, "room", []byte("hello")); err != nil {
+	if _, err := publish(a, "room", []byte("hello"), ""); err != nil {
 		t.Fatal(err)
 	}
 	if got := rb.waitCount(t, "room", 1); got[0] != "hello" {
@@ -171,11 +174,12 @@ func TestRedisInterestChurn(t *testing.T) {
 	defer rc.Close()
 	ctx := context.Background()
 	numsub := func(room string) int64 {
-		res, err := rc.PubSubNumSub(ctx, "churn:"+room).Result()
+		ch := "churn:{" + room + "}"
+		res, err := rc.PubSubNumSub(ctx, ch).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
-		return res["churn:"+room]
+		return res[ch]
 	}
 	for i := range 200 {
 		room := "r" + strconv.Itoa(i%7)
@@ -220,7 +224,7 @@ func TestRedisPublishBatchingKeepsPublisherOrder(t *testing.T) {
 	for p := range publishers {
 		wg.Go(func() {
 			for i := range msgs {
-				if err := pub.Publish(ctx, "r", fmt.Appendf(nil, "%d:%d", p, i)); err != nil {
+				if _, err := publish(pub, "r", fmt.Appendf(nil, "%d:%d", p, i), ""); err != nil {
 					t.Errorf("publish: %v", err)
 					return
 				}
@@ -254,10 +258,8 @@ func TestRedisNotReadyBeforeRunAndPublishBounded(t *testing.T) {
 	if b.Ready() == nil {
 		t.Fatal("Ready before Run: got nil, want an error")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	if err := b.Publish(ctx, "r", []byte("x")); err == nil {
-		t.Fatal("Publish with nothing running: got nil error")
+	if _, err := publish(b, "r", []byte("x"), ""); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Publish before the subscription is proven: got %v, want ErrUnavailable", err)
 	}
 }
 
@@ -284,7 +286,7 @@ func BenchmarkRedisPublish(b *testing.B) {
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
-					if err := pub.Publish(context.Background(), "r", payload); err != nil {
+					if _, err := publish(pub, "r", payload, ""); err != nil {
 						b.Error(err)
 						return
 					}
@@ -293,4 +295,16 @@ func BenchmarkRedisPublish(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "publishes/s")
 		})
 	}
+}
+
+// publish publishes through b and waits for the outcome.
+func publish(b Broker, room string, data []byte, key string) (Receipt, error) {
+	type out struct {
+		rc  Receipt
+		err error
+	}
+	ch := make(chan out, 1)
+	b.Publish(Publication{Room: room, Data: data, IdempotencyKey: key}, func(rc Receipt, err error) { ch <- out{rc, err} })
+	o := <-ch
+	return o.rc, o.err
 }

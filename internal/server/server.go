@@ -3,13 +3,12 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/hubcluster/hubcluster/internal/hub"
+	"github.com/hubcluster/hubcluster/internal/pubsub"
 	"github.com/hubcluster/hubcluster/internal/wire"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -26,8 +26,8 @@ import (
 
 // Hub is what the server needs of the local hub.
 type Hub interface {
-	Serve(conn *websocket.Conn, raw net.Conn, info hub.ConnInfo)
-	Publish(ctx context.Context, room string, data []byte) error
+	Serve(conn *hub.Conn, info hub.ConnInfo)
+	Publish(ctx context.Context, room string, data []byte, key string) (pubsub.Receipt, error)
 	Running() bool
 }
 
@@ -168,7 +168,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusTooManyRequests, wire.CodeRateLimited, "too many connections from this address")
 		return
 	}
-	conn, raw, err := hub.Accept(w, r, &websocket.AcceptOptions{
+	conn, err := hub.Accept(w, r, &websocket.AcceptOptions{
 		OriginPatterns: s.cfg.AllowedOrigins,
 		// Compression stays off: it costs tens of KiB per connection, and
 		// compressing secrets next to attacker-chosen text leaks them
@@ -190,7 +190,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// costs one small goroutine, not two).
 	s.sessions.Go(func() {
 		defer s.limits.release(ip)
-		s.hub.Serve(conn, raw, info)
+		s.hub.Serve(conn, info)
 	})
 }
 
@@ -207,11 +207,6 @@ func (s *Server) Wait(ctx context.Context) error {
 	}
 }
 
-type publishRequest struct {
-	Room *string         `json:"room"`
-	Data json.RawMessage `json:"data"`
-}
-
 func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.APIKey != "" && !s.authorized(r) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="hubcluster"`)
@@ -219,49 +214,45 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	limit := s.cfg.MaxMessageBytes + 1024
-	body := http.MaxBytesReader(w, r.Body, limit)
-	var req publishRequest
-	dec := json.NewDecoder(body)
-	if err := dec.Decode(&req); err != nil {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			writeError(w, http.StatusRequestEntityTooLarge, wire.CodeTooLarge, "body is larger than the limit")
 			return
 		}
-		writeError(w, http.StatusBadRequest, wire.CodeBadRequest, "body is not a JSON object {\"room\":...,\"data\":...}")
+		writeError(w, http.StatusBadRequest, wire.CodeBadRequest, "the body could not be read")
 		return
 	}
-	if dec.More() {
-		writeError(w, http.StatusBadRequest, wire.CodeBadRequest, "body holds more than one JSON value")
+	req, werr := wire.DecodePublishBody(body)
+	if werr != nil {
+		writeError(w, http.StatusBadRequest, werr.Code, werr.Message)
 		return
 	}
-	if req.Room == nil {
-		writeError(w, http.StatusBadRequest, wire.CodeBadRoom, "missing room")
-		return
-	}
-	if err := wire.ValidateRoom(*req.Room); err != nil {
-		writeError(w, http.StatusBadRequest, wire.CodeBadRoom, err.Error())
-		return
-	}
-	if len(req.Data) == 0 {
-		writeError(w, http.StatusBadRequest, wire.CodeBadRequest, "missing data")
-		return
-	}
-	var data bytes.Buffer
-	if err := json.Compact(&data, req.Data); err != nil {
-		writeError(w, http.StatusBadRequest, wire.CodeBadRequest, "data is not valid JSON")
-		return
-	}
-	if int64(data.Len()) > s.cfg.MaxMessageBytes {
+	if int64(len(req.Data)) > s.cfg.MaxMessageBytes {
 		writeError(w, http.StatusRequestEntityTooLarge, wire.CodeTooLarge, "data is larger than the limit")
 		return
 	}
-	if err := s.hub.Publish(r.Context(), *req.Room, data.Bytes()); err != nil {
-		s.log.Warn("publish failed", "room", *req.Room, "err", err)
-		writeError(w, http.StatusServiceUnavailable, wire.CodeUnavailable, "the message could not be handed to the broker")
+	rc, err := s.hub.Publish(r.Context(), req.Room, req.Data, req.IdempotencyKey)
+	if err != nil {
+		s.log.Warn("publish failed", "room", req.Room, "err", err)
+		if errors.Is(err, pubsub.ErrUncertain) {
+			writeError(w, http.StatusGatewayTimeout, wire.CodeTimeout,
+				"the broker did not confirm the message in time; it may be delivered: retry with the same idempotency_key")
+			return
+		}
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, wire.CodeUnavailable, "the message was not handed to the broker; retry")
 		return
 	}
-	writeJSON(w, http.StatusAccepted, map[string]string{"status": "accepted"})
+	resp := map[string]any{"status": "accepted"}
+	if rc.Offset != 0 {
+		resp["epoch"], resp["offset"] = rc.Epoch, rc.Offset
+	}
+	if rc.Duplicate {
+		resp["duplicate"] = true
+	}
+	writeJSON(w, http.StatusAccepted, resp)
 }
 
 func (s *Server) authorized(r *http.Request) bool {

@@ -39,7 +39,7 @@ type node struct {
 func startNode(t *testing.T, cfg Config, run bool) *node {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	broker := pubsub.NewMemory()
+	broker := pubsub.NewMemory(pubsub.MemoryConfig{})
 	h, err := hub.New(hub.Config{NodeID: "n1", Registerer: reg}, broker)
 	cfg.Registerer = reg
 	if err != nil {
