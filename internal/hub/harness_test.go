@@ -217,4 +217,3 @@ func (c *testClient) expectClose(code websocket.StatusCode) websocket.CloseError
 		return ce
 	}
 }
-

@@ -62,8 +62,8 @@ type recorder struct {
 	mu      sync.Mutex
 	msgs    map[string][]string
 	offsets []uint64
-	gaps [][]string
-	got  chan struct{}
+	gaps    [][]string
+	got     chan struct{}
 }
 
 func newRecorder() *recorder {
