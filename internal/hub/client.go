@@ -43,19 +43,25 @@ type Client struct {
 	guard guard // authentication and rate limit
 
 	// dispatch: requests waiting behind one that waits for the broker.
-	dmu      sync.Mutex
-	busy     bool // a dispatch goroutine runs: new requests queue behind it
-	backlog  [][]byte
-	dispatch sync.WaitGroup
+	dmu          sync.Mutex
+	busy         bool // a dispatch goroutine runs: new requests queue behind it
+	backlog      [][]byte
+	backlogBytes int
+	roomFor      chan struct{} // closed when the backlog has room again; nil unless the read loop waits
+	dispatch     sync.WaitGroup
 	inflight atomic.Int32 // publishes the broker has not answered yet
 
 	w writer
 }
 
-// maxBacklog bounds the requests queued behind one that waits for the
-// broker; past it requests are refused with unavailable (not charged as
-// strikes: the backlog is the node's, not the client's).
-const maxBacklog = 256
+// maxBacklog and maxBacklogBytes bound the requests queued behind one that
+// waits for the broker. Past them the read loop waits (TCP backpressure) for
+// the dispatch goroutine: only a client sending far over any rate limit gets
+// there, and none of its requests is refused for the node's backlog.
+const (
+	maxBacklog      = 4096
+	maxBacklogBytes = 1 << 20
+)
 
 // maxInflight bounds the publishes of one client that wait for the broker.
 const maxInflight = 256
@@ -207,18 +213,21 @@ func (c *Client) charge(line []byte) (ok bool, err error) {
 // waits for the broker. line is only valid during the call.
 func (c *Client) enqueue(line []byte) error {
 	c.dmu.Lock()
-	if c.busy {
-		if len(c.backlog) >= maxBacklog {
-			c.dmu.Unlock()
-			var id []byte
-			if req, err := wire.Decode(line); err == nil {
-				id = req.ID
-			}
-			c.hub.metrics.refused.WithLabelValues("backlog").Inc()
-			c.replyError(wire.ErrorFor(id, wire.CodeUnavailable, "too many requests wait for the broker on this connection; retry"))
-			return nil
+	for c.busy && (len(c.backlog) >= maxBacklog || c.backlogBytes+len(line) > maxBacklogBytes) {
+		ch := make(chan struct{})
+		c.roomFor = ch
+		c.dmu.Unlock()
+		c.hub.metrics.backpressure.Inc()
+		select {
+		case <-ch:
+		case <-c.ctx.Done():
+			return errClosed
 		}
+		c.dmu.Lock()
+	}
+	if c.busy {
 		c.backlog = append(c.backlog, bytes.Clone(line))
+		c.backlogBytes += len(line)
 		c.dmu.Unlock()
 		return nil
 	}
@@ -237,18 +246,30 @@ func (c *Client) goDispatch(first func() error) {
 		for {
 			c.dmu.Lock()
 			if len(c.backlog) == 0 || err != nil {
-				c.backlog = nil
+				c.backlog, c.backlogBytes = nil, 0
 				c.busy = false
+				c.wakeReaderLocked()
 				c.dmu.Unlock()
 				return
 			}
 			line := c.backlog[0]
 			c.backlog[0] = nil
 			c.backlog = c.backlog[1:]
+			c.backlogBytes -= len(line)
+			c.wakeReaderLocked()
 			c.dmu.Unlock()
 			err = c.handle(line, true)
 		}
 	})
+}
+
+// wakeReaderLocked lets a read loop that waits for room in the backlog go
+// on; c.dmu must be held.
+func (c *Client) wakeReaderLocked() {
+	if c.roomFor != nil {
+		close(c.roomFor)
+		c.roomFor = nil
+	}
 }
 
 // handle carries out one client request and replies to it. inDispatch says
@@ -318,6 +339,8 @@ func (c *Client) subscribe(req wire.Request, inDispatch bool) error {
 	}
 	err = finish(inDispatch)
 	if errors.Is(err, errWouldBlock) {
+		// The request outlives the frame it came in: keep a copy of its id.
+		req.ID = bytes.Clone(req.ID)
 		c.goDispatch(func() error {
 			c.subscribeFailed(m, req, finish(true))
 			return nil

@@ -124,3 +124,78 @@ func TestDrainDeadlineCutsPeersThatDoNotAnswer(t *testing.T) {
 		}
 	})
 }
+
+// Shutdown drains, waits for every client, and stops the hub (Run returns);
+// it is idempotent, and it spreads the closes over what the deadline leaves.
+func TestShutdownDrainsWaitsAndStops(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n := newTestNode(t, Config{PingInterval: -1})
+		runDone := make(chan struct{})
+		go func() { n.hub.Run(context.Background()); close(runDone) }()
+		const clients = 40
+		closed := make(chan time.Time, clients)
+		for range clients {
+			c := n.dial()
+			go func() {
+				_, err := c.read() // reading answers the close handshake
+				if websocket.CloseStatus(err) == websocket.StatusServiceRestart {
+					closed <- time.Now()
+				}
+			}()
+		}
+		synctest.Wait()
+		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+		defer cancel()
+		start := time.Now()
+		// Batches of 10, at most 50ms apart: 4 batches fit in 150ms, well
+		// inside half the deadline.
+		if err := n.hub.Shutdown(ctx, DrainOptions{BatchSize: 10}); err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+		<-runDone
+		if got := n.hub.Clients(); got != 0 {
+			t.Errorf("after Shutdown: %d clients, want 0", got)
+		}
+		var last time.Time
+		for range clients {
+			if at := <-closed; at.After(last) {
+				last = at
+			}
+		}
+		if spread := last.Sub(start); spread != 150*time.Millisecond {
+			t.Errorf("closes spread over %v, want 150ms (3 intervals of 50ms)", spread)
+		}
+		// Idempotent: a second call returns the first's result at once.
+		if err := n.hub.Shutdown(context.Background(), DrainOptions{}); err != nil {
+			t.Errorf("second Shutdown: %v", err)
+		}
+		n.dial().expectClose(websocket.StatusTryAgainLater) // a stopped hub refuses new connections
+	})
+}
+
+// With little time left the closes are paced faster, and at the deadline the
+// rest is cut: Shutdown returns the deadline's error and the hub is empty.
+func TestShutdownPacesToTheDeadlineAndCuts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n := newTestNode(t, Config{PingInterval: -1})
+		defer n.run()()
+		for range 30 {
+			n.dial() // never reads: never answers the close
+		}
+		synctest.Wait()
+		ctx, cancel := context.WithTimeout(context.Background(), 600*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		err := n.hub.Shutdown(ctx, DrainOptions{BatchSize: 1, BatchInterval: time.Second})
+		if err == nil {
+			t.Fatal("Shutdown: got nil, want the deadline's error (peers hold their close)")
+		}
+		if took := time.Since(start); took != 600*time.Millisecond {
+			t.Errorf("Shutdown took %v, want the 600ms deadline", took)
+		}
+		synctest.Wait()
+		if got := n.hub.Clients(); got != 0 {
+			t.Errorf("after a forced Shutdown: %d clients, want 0", got)
+		}
+	})
+}

@@ -2,6 +2,7 @@ package hub
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -235,5 +236,93 @@ func TestRoomsPerClientLimit(t *testing.T) {
 		c.expect(map[string]any{"type": "ack"})
 		c.sendRaw(`{"type":"subscribe","room":"r9","id":11}`)
 		c.expect(map[string]any{"type": "ack", "id": 11})
+	})
+}
+
+// Regression (review defect 8): objects that fail to decode count against
+// the same bucket as valid requests, and persisting closes with 4001.
+func TestInvalidRequestsAreRateLimited(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n := newTestNode(t, Config{ClientRate: 10, ClientBurst: 5, PingInterval: -1})
+		defer n.run()()
+		c := n.dial()
+		for range 5 {
+			c.sendRaw(`{"type":"dance","id":1}`)
+			c.expect(map[string]any{"type": "error", "code": "bad_request"})
+		}
+		c.sendRaw(`not json at all`)
+		c.expect(map[string]any{"type": "error", "code": "rate_limited"})
+		var frame strings.Builder
+		for range 30 {
+			frame.WriteString("{\"room\":1}\n")
+		}
+		c.sendRaw(frame.String())
+		c.expectClose(wire.StatusRateLimited)
+	})
+}
+
+// Regression (review defect 8): pings count too; over the limit they are not
+// answered, and a client that keeps pinging is closed with 4001.
+func TestPingFloodIsLimited(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n := newTestNode(t, Config{ClientRate: 10, ClientBurst: 5, PingInterval: -1})
+		defer n.run()()
+		c := n.dial()
+		readErr := make(chan error, 1)
+		go func() { // reading lets the client see pongs and the close
+			for {
+				if _, _, err := c.conn.Read(context.Background()); err != nil {
+					readErr <- err
+					return
+				}
+			}
+		}()
+		ctx := context.Background()
+		for range 5 {
+			if err := c.conn.Ping(ctx); err != nil {
+				t.Fatalf("ping within the burst: %v", err)
+			}
+		}
+		short, cancel := context.WithTimeout(ctx, time.Second)
+		if err := c.conn.Ping(short); err == nil {
+			t.Error("a ping over the rate limit was answered")
+		}
+		cancel()
+		for range 10 {
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
+			c.conn.Ping(pctx)
+			cancel()
+		}
+		if got := websocket.CloseStatus(<-readErr); got != wire.StatusRateLimited {
+			t.Errorf("after a ping flood: got close %d, want 4001", got)
+		}
+	})
+}
+
+// Regression (review defect 6): a refreshed token that no longer grants a
+// joined room takes the client out of it, with an unsubscribed message, and
+// its messages stop.
+func TestNarrowedTokenRefreshLeavesRooms(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n, _ := authNode(t, Config{})
+		defer n.run()()
+		c := n.dial()
+		c.sendRaw(fmt.Sprintf(`{"type":"auth","token":%q,"id":1}`, token(t, time.Hour, nil)))
+		c.expect(map[string]any{"type": "ack", "id": 1})
+		c.join("chat:a")
+		c.join("chat:b")
+		narrow := token(t, time.Hour, jwt.MapClaims{"subscribe": []string{"chat:a"}})
+		c.sendRaw(fmt.Sprintf(`{"type":"auth","token":%q,"id":2}`, narrow))
+		var pending []map[string]any
+		checkObject(t, c.next(&pending), map[string]any{"type": "unsubscribed", "room": "chat:b", "code": "forbidden"})
+		checkObject(t, c.next(&pending), map[string]any{"type": "ack", "id": 2})
+		for _, room := range []string{"chat:b", "chat:a"} {
+			if _, err := n.hub.Publish(context.Background(), room, []byte(`"`+room+`"`), ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+		checkObject(t, c.next(&pending), map[string]any{"type": "message", "room": "chat:a"})
+		c.sendRaw(`{"type":"subscribe","room":"chat:b","id":3}`)
+		checkObject(t, c.next(&pending), map[string]any{"type": "error", "code": "forbidden", "id": 3})
 	})
 }

@@ -77,12 +77,18 @@ func newTestNode(t *testing.T, cfg Config) *testNode {
 	if cfg.NodeID == "" {
 		cfg.NodeID = "test"
 	}
-	n := &testNode{t: t, broker: pubsub.NewMemory(pubsub.MemoryConfig{}), ln: newPipeListener()}
-	h, err := New(cfg, n.broker)
+	broker := pubsub.NewMemory(pubsub.MemoryConfig{HistorySize: cfg.HistorySize})
+	h, err := New(cfg, broker)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	n.hub = h
+	return newTestNodeFor(t, h, broker)
+}
+
+// newTestNodeFor serves h, whose broker is (or wraps) broker.
+func newTestNodeFor(t *testing.T, h *Hub, broker *pubsub.Memory) *testNode {
+	t.Helper()
+	n := &testNode{t: t, hub: h, broker: broker, ln: newPipeListener()}
 	n.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		conn, err := Accept(w, r, nil)
 		if err != nil {

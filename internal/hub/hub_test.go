@@ -442,3 +442,126 @@ func counterValue(t *testing.T, c prometheus.Collector) float64 {
 	t.Helper()
 	return testutil.ToFloat64(c)
 }
+
+// stallBroker is the in-memory broker with a switch that stalls it, as a
+// Redis that stops answering would: publications wait, subscriptions do not
+// go live, until it is released.
+type stallBroker struct {
+	*pubsub.Memory
+	mu       sync.Mutex
+	stalled  bool
+	held     []func()
+	released chan struct{}
+}
+
+func newStallBroker() *stallBroker {
+	return &stallBroker{Memory: pubsub.NewMemory(pubsub.MemoryConfig{}), released: make(chan struct{})}
+}
+
+func (b *stallBroker) stall() {
+	b.mu.Lock()
+	b.stalled, b.released = true, make(chan struct{})
+	b.mu.Unlock()
+}
+
+// release answers what waits, in the order it came (as Redis's one
+// pipeline would), then lets new requests through.
+func (b *stallBroker) release() {
+	for {
+		b.mu.Lock()
+		held := b.held
+		b.held = nil
+		if len(held) == 0 {
+			b.stalled = false
+			close(b.released)
+			b.mu.Unlock()
+			return
+		}
+		b.mu.Unlock()
+		for _, f := range held {
+			f()
+		}
+	}
+}
+
+func (b *stallBroker) Publish(p pubsub.Publication, done func(pubsub.Receipt, error)) {
+	b.mu.Lock()
+	if b.stalled {
+		b.held = append(b.held, func() { b.Memory.Publish(p, done) })
+		b.mu.Unlock()
+		return
+	}
+	b.mu.Unlock()
+	b.Memory.Publish(p, done)
+}
+
+func (b *stallBroker) Subscribed(room string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return !b.stalled && b.Memory.Subscribed(room)
+}
+
+func (b *stallBroker) WaitSubscribed(ctx context.Context, room string) error {
+	b.mu.Lock()
+	ch, stalled := b.released, b.stalled
+	b.mu.Unlock()
+	if stalled {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return b.Memory.WaitSubscribed(ctx, room)
+}
+
+// Regression (review defect 2): while the broker stalls, a client that
+// publishes well under its rate limit is never rate limited or cut: its
+// requests are charged as they arrive, not when the node gets to them. When
+// the broker is back every publish is answered, in order.
+func TestBrokerStallDoesNotRateLimitWellBehavedPublishers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newStallBroker()
+		h, err := New(Config{NodeID: "n", ClientRate: 100, ClientBurst: 200, PingInterval: -1, BrokerTimeout: time.Minute}, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := newTestNodeFor(t, h, b.Memory)
+		defer n.run()()
+		sub, pub := n.dial(), n.dial()
+		sub.join("r")
+		b.stall()
+		// 30 publishes a second for 9 s, and a subscribe stuck behind the
+		// stalled broker in the middle (the requests after it wait in order).
+		const msgs = 270
+		for i := range msgs {
+			if i == 100 {
+				pub.sendRaw(`{"type":"subscribe","room":"other","id":"s"}`)
+			}
+			pub.sendRaw(fmt.Sprintf(`{"type":"publish","room":"r","data":%d,"id":%d}`, i, i))
+			time.Sleep(time.Second / 30)
+		}
+		synctest.Wait()
+		b.release()
+		acks := 0
+		var pending []map[string]any
+		for acks < msgs+1 {
+			m := pub.next(&pending)
+			if m["type"] != "ack" {
+				t.Fatalf("publisher got %v, want only acks (no rate_limited, no close)", m)
+			}
+			acks++
+		}
+		var got []map[string]any
+		var subPending []map[string]any
+		for len(got) < msgs {
+			got = append(got, sub.next(&subPending))
+		}
+		for i, m := range got {
+			checkObject(t, m, map[string]any{"type": "message", "data": i})
+		}
+		if v := counterValue(t, h.metrics.rateLimited); v != 0 {
+			t.Errorf("hub_rate_limited_total: got %v, want 0", v)
+		}
+	})
+}

@@ -19,6 +19,7 @@ type metrics struct {
 	forbidden       prometheus.Counter
 	rateLimited     prometheus.Counter
 	refused         *prometheus.CounterVec
+	backpressure    prometheus.Counter
 	closes          *prometheus.CounterVec
 	gaps            prometheus.Counter
 	duplicates      prometheus.Counter
@@ -61,8 +62,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "hub_rate_limited_total", Help: "Requests and pings rejected by the per-connection rate limit.",
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "hub_requests_refused_total", Help: "Requests answered unavailable because the node's own backlog was full, by reason (backlog: requests behind a subscribe; inflight: publishes waiting for the broker).",
+			Name: "hub_requests_refused_total", Help: "Requests answered unavailable because the node could not take them now, by reason (inflight: too many publishes of the connection wait for the broker).",
 		}, []string{"reason"}),
+		backpressure: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hub_read_backpressure_total", Help: "Times a connection's read loop waited because the requests queued behind a subscribe filled their bound.",
+		}),
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hub_closes_total", Help: "Closed WebSocket connections by close code.",
 		}, []string{"code"}),
@@ -89,7 +93,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.rooms, m.received, m.published, m.publishFailures,
-		m.delivered, m.overflows, m.authFailures, m.forbidden, m.rateLimited, m.refused, m.closes,
+		m.delivered, m.overflows, m.authFailures, m.forbidden, m.rateLimited, m.refused, m.backpressure, m.closes,
 		m.gaps, m.duplicates, m.fills, m.windowReads, m.recoveries, m.recovered} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

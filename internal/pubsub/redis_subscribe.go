@@ -12,10 +12,11 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// event is what a receiver tells the subscribe loop.
+// event is what a receiver or a prober tells the subscribe loop.
 type event struct {
-	err   error         // the subscription connection failed
-	probe time.Duration // a probe came back after this long (when err is nil)
+	err    error         // the subscription connection failed
+	back   time.Time // a probe sent at this time came back
+	sentAt time.Time // a probe was published (Redis took it) at this time
 }
 
 // subscribeLoop owns the pub/sub connection. It runs sessions, one per
@@ -41,9 +42,13 @@ func (r *Redis) session(ctx context.Context, sink Sink) {
 		recv.Wait()
 	}()
 
-	start := time.Now()
-	lastProbe := time.Time{}
-	lastErr := time.Time{}
+	lastBack := time.Time{} // the send time of the latest probe that came back
+	lastErr := time.Time{}  // the subscription or a probe's publish failed
+	// pendingSince is when the oldest probe Redis took, and that has not come
+	// back yet, was sent; zero when none waits. Only such a probe proves a
+	// silent subscription: a probe that could not even be published says
+	// Redis is slow or unreachable, not that the subscription is dead.
+	var pendingSince time.Time
 	r.resetInterest()
 	r.syncInterest(ctx, ps, true)
 
@@ -53,9 +58,21 @@ func (r *Redis) session(ctx context.Context, sink Sink) {
 		probes.Go(func() {
 			pctx, cancel := context.WithTimeout(ctx, r.cfg.ProbeTimeout)
 			defer cancel()
-			sent := strconv.FormatInt(time.Now().UnixNano(), 10)
-			if err := r.client.Publish(pctx, r.probeCh, sent).Err(); err != nil && ctx.Err() == nil {
-				r.log.Debug("probe publish failed", "err", err)
+			now := time.Now()
+			sent := strconv.FormatInt(now.UnixNano(), 10)
+			if err := r.client.Publish(pctx, r.probeCh, sent).Err(); err != nil {
+				if ctx.Err() == nil {
+					r.log.Debug("probe publish failed", "err", err)
+					select {
+					case events <- event{err: fmt.Errorf("redis: commands fail: %w", err), sentAt: now}:
+					default:
+					}
+				}
+			} else {
+				select {
+				case events <- event{sentAt: now}:
+				default:
+				}
 			}
 			r.holdNodeID(pctx)
 		})
@@ -87,30 +104,41 @@ func (r *Redis) session(ctx context.Context, sink Sink) {
 			r.syncInterest(ctx, ps, false)
 		case ev := <-events:
 			now := time.Now()
-			if ev.err != nil {
+			switch {
+			case ev.err != nil && !ev.sentAt.IsZero():
 				lastErr = now
+				notReady(ev.err)
+			case ev.err != nil:
+				lastErr = now
+				pendingSince = time.Time{} // a new connection: what was sent on the old one proves nothing
 				notReady(fmt.Errorf("redis: subscription connection lost: %w", ev.err))
-				continue
-			}
-			r.metrics.probeLatency.Observe(ev.probe.Seconds())
-			lastProbe = now
-			if lastErr.After(now.Add(-ev.probe)) {
-				continue // this probe was sent before the failure: no proof yet
-			}
-			if *r.subErr.Load() != nil {
-				r.log.Info("redis subscription ready")
-				r.setSubReady(nil)
+			case !ev.sentAt.IsZero():
+				if ev.sentAt.After(lastBack) && (pendingSince.IsZero() || ev.sentAt.Before(pendingSince)) {
+					pendingSince = ev.sentAt
+				}
+			default:
+				r.metrics.probeLatency.Observe(now.Sub(ev.back).Seconds())
+				if ev.back.After(lastBack) {
+					lastBack = ev.back
+				}
+				if !pendingSince.IsZero() && !pendingSince.After(ev.back) {
+					pendingSince = time.Time{}
+				}
+				if lastErr.After(ev.back) {
+					continue // this probe was sent before the failure: no proof yet
+				}
+				if *r.subErr.Load() != nil {
+					r.log.Info("redis subscription ready")
+					r.setSubReady(nil)
+				}
 			}
 		case <-ticker.C:
-			ref := lastProbe
-			if ref.Before(start) {
-				ref = start
-			}
-			if time.Since(ref) > r.cfg.ProbeTimeout && (lastErr.IsZero() || lastErr.Before(ref)) {
-				// No error, and yet nothing comes back: the connection is
-				// open and dead. Start over on a fresh one.
+			if !pendingSince.IsZero() && time.Since(pendingSince) > r.cfg.ProbeTimeout {
+				// Redis took a probe and it never came back on a connection
+				// that reports no error: it is open and dead. Start over on a
+				// fresh one.
 				r.metrics.silentResets.Inc()
-				notReady(errors.New("redis: subscription silent: no probe came back in time"))
+				notReady(errors.New("redis: subscription silent: a probe Redis took did not come back in time"))
 				return
 			}
 			probe()
@@ -213,7 +241,7 @@ func (r *Redis) receive(ps *redis.PubSub, sink Sink, events chan<- event, stop <
 			if m.Channel == r.probeCh {
 				if sent, err := strconv.ParseInt(m.Payload, 10, 64); err == nil {
 					select {
-					case events <- event{probe: time.Since(time.Unix(0, sent))}:
+					case events <- event{back: time.Unix(0, sent)}:
 					default:
 					}
 				}

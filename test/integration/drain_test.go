@@ -133,6 +133,12 @@ func TestDrainUnderLoad(t *testing.T) {
 	watcher := dialNode(t, b)
 	watcher.subscribe("room-0")
 	c.waitNumsub(t, "room-0", 2)
+	// Warm B up first: its Redis connections for publishing and reading
+	// history are opened on first use, and must not count as a leak.
+	if code := b.publishHTTP("room-0", "warm-up"); code != 202 {
+		t.Fatalf("publish: got %d", code)
+	}
+	watcher.nextOfType("message", 10*time.Second)
 	http.DefaultClient.CloseIdleConnections()
 	baseGoroutines, baseFDs := b.metric("go_goroutines"), b.metric("process_open_fds")
 
