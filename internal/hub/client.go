@@ -49,7 +49,7 @@ type Client struct {
 	backlogBytes int
 	roomFor      chan struct{} // closed when the backlog has room again; nil unless the read loop waits
 	dispatch     sync.WaitGroup
-	inflight atomic.Int32 // publishes the broker has not answered yet
+	inflight     atomic.Int32 // publishes the broker has not answered yet
 
 	w writer
 }

@@ -14,7 +14,7 @@ import (
 
 // event is what a receiver or a prober tells the subscribe loop.
 type event struct {
-	err    error         // the subscription connection failed
+	err    error     // the subscription connection failed
 	back   time.Time // a probe sent at this time came back
 	sentAt time.Time // a probe was published (Redis took it) at this time
 }
