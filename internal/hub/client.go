@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -105,6 +106,10 @@ func (h *Hub) Serve(conn *Conn, info ConnInfo) {
 	c.dispatch.Wait()
 
 	code := c.w.finish()
+	if code == 0 && unansweredProtocolError(err) {
+		code = websocket.StatusProtocolError
+		c.closeRaw(code, "protocol error")
+	}
 	if code == 0 {
 		code = closeCodeOf(err)
 	} else {
@@ -128,6 +133,30 @@ func closeCodeOf(err error) websocket.StatusCode {
 		return websocket.StatusMessageTooBig
 	}
 	return websocket.StatusAbnormalClosure
+}
+
+// unansweredProtocolError reports whether err is a protocol violation that
+// coder/websocket (v1.8) ends the connection for without a close frame of
+// its own; every other violation it answers with 1002 itself.
+func unansweredProtocolError(err error) bool {
+	if err == nil {
+		return false
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "received unmasked frame from client") ||
+		strings.Contains(msg, "received negative payload length")
+}
+
+// closeRaw writes a close frame straight to the socket, for a connection
+// coder/websocket has given up on without one. Best effort, bounded.
+func (c *Client) closeRaw(code websocket.StatusCode, reason string) {
+	if c.raw == nil {
+		return
+	}
+	frame := []byte{0x88, byte(2 + len(reason)), byte(code >> 8), byte(code)}
+	frame = append(frame, reason...)
+	c.raw.SetWriteDeadline(time.Now().Add(time.Second))
+	c.raw.Write(frame)
 }
 
 var readBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}

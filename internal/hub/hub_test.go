@@ -1,8 +1,13 @@
 package hub
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -564,4 +569,64 @@ func TestBrokerStallDoesNotRateLimitWellBehavedPublishers(t *testing.T) {
 			t.Errorf("hub_rate_limited_total: got %v, want 0", v)
 		}
 	})
+}
+
+// Regression (review defect 14): every protocol violation closes with 1002;
+// two of them used to end the connection with a bare EOF.
+func TestProtocolViolationsCloseWith1002(t *testing.T) {
+	h, err := New(Config{NodeID: "p"}, pubsub.NewMemory(pubsub.MemoryConfig{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c, err := Accept(w, r, nil); err == nil {
+			h.Serve(c, ConnInfo{})
+		}
+	}))
+	defer srv.Close()
+	defer h.stop()
+	mask := []byte{1, 2, 3, 4}
+	tests := []struct {
+		name  string
+		frame []byte
+	}{
+		{"unmasked frame", []byte{0x81, 0x02, 'h', 'i'}},
+		{"negative length", append([]byte{0x81, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0}, mask...)},
+		{"reserved bits", []byte{0xC1, 0x82, 1, 2, 3, 4, 'h' ^ 1, 'i' ^ 2}},
+		{"unknown opcode", []byte{0x83, 0x80, 1, 2, 3, 4}},
+		{"fragmented ping", []byte{0x09, 0x80, 1, 2, 3, 4}},
+		{"ping too long", append([]byte{0x89, 0xFE, 0, 200}, mask...)},
+		{"lone continuation", []byte{0x80, 0x80, 1, 2, 3, 4}},
+		{"bad close code", []byte{0x88, 0x82, 1, 2, 3, 4, 0 ^ 1, 5 ^ 2}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+				"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+			br := bufio.NewReader(conn)
+			for {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					t.Fatalf("handshake: %v", err)
+				}
+				if line == "\r\n" {
+					break
+				}
+			}
+			conn.Write(tt.frame)
+			conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			head := make([]byte, 4)
+			if _, err := io.ReadFull(br, head); err != nil {
+				t.Fatalf("got %v, want a close frame", err)
+			}
+			if head[0] != 0x88 || int(head[2])<<8|int(head[3]) != 1002 {
+				t.Fatalf("got frame %x, want a close with code 1002", head)
+			}
+		})
+	}
 }

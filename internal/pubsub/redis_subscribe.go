@@ -44,6 +44,7 @@ func (r *Redis) session(ctx context.Context, sink Sink) {
 
 	lastBack := time.Time{} // the send time of the latest probe that came back
 	lastErr := time.Time{}  // the subscription or a probe's publish failed
+	lastSubErr := time.Time{}
 	// pendingSince is when the oldest probe Redis took, and that has not come
 	// back yet, was sent; zero when none waits. Only such a probe proves a
 	// silent subscription: a probe that could not even be published says
@@ -109,7 +110,7 @@ func (r *Redis) session(ctx context.Context, sink Sink) {
 				lastErr = now
 				notReady(ev.err)
 			case ev.err != nil:
-				lastErr = now
+				lastErr, lastSubErr = now, now
 				pendingSince = time.Time{} // a new connection: what was sent on the old one proves nothing
 				notReady(fmt.Errorf("redis: subscription connection lost: %w", ev.err))
 			case !ev.sentAt.IsZero():
@@ -133,7 +134,7 @@ func (r *Redis) session(ctx context.Context, sink Sink) {
 				}
 			}
 		case <-ticker.C:
-			if !pendingSince.IsZero() && time.Since(pendingSince) > r.cfg.ProbeTimeout {
+			if !pendingSince.IsZero() && time.Since(pendingSince) > r.cfg.ProbeTimeout && lastSubErr.Before(pendingSince) {
 				// Redis took a probe and it never came back on a connection
 				// that reports no error: it is open and dead. Start over on a
 				// fresh one.

@@ -107,7 +107,28 @@ type proxy struct {
 	upstream      string // empty: refuse connections
 	silencedFlags []*bool
 	conns         map[net.Conn]struct{}
+	gate          chan struct{} // non-nil while stalled: closed on resume
 	wg            sync.WaitGroup
+}
+
+// stall holds every byte in both directions, on every connection, until
+// resume: Redis answers nothing, and then everything at once, as a Redis
+// that stops for a while does. Nothing is lost.
+func (p *proxy) stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.gate == nil {
+		p.gate = make(chan struct{})
+	}
+}
+
+func (p *proxy) resume() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.gate != nil {
+		close(p.gate)
+		p.gate = nil
+	}
 }
 
 func newProxy(t *testing.T, upstream string) *proxy {
@@ -151,6 +172,7 @@ func (p *proxy) cut() {
 }
 
 func (p *proxy) close() {
+	p.resume()
 	p.ln.Close()
 	p.mu.Lock()
 	for c := range p.conns {
@@ -214,8 +236,11 @@ func (p *proxy) pipe(dst, src net.Conn, silenced *bool) {
 		n, err := src.Read(buf)
 		if n > 0 {
 			p.mu.Lock()
-			mute := *silenced
+			mute, gate := *silenced, p.gate
 			p.mu.Unlock()
+			if gate != nil {
+				<-gate
+			}
 			if !mute {
 				if _, werr := dst.Write(buf[:n]); werr != nil {
 					return
@@ -514,6 +539,11 @@ func (c *client) expectNothing(d time.Duration) {
 }
 
 func buildNode() (string, func(), error) {
+	if bin := os.Getenv("HUB_TEST_NODE_BINARY"); bin != "" {
+		// A node built elsewhere: to run these tests against another
+		// version (an older one, to watch a regression test fail).
+		return bin, func() {}, nil
+	}
 	dir, err := os.MkdirTemp("", "hubcluster-it")
 	if err != nil {
 		return "", nil, err
