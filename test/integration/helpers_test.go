@@ -557,3 +557,25 @@ func buildNode() (string, func(), error) {
 	}
 	return bin, func() { os.RemoveAll(dir) }, nil
 }
+
+// trySend writes without failing the test, for goroutines of a test.
+func (c *client) trySend(s string) bool {
+	return c.conn.Write(context.Background(), websocket.MessageText, []byte(s)) == nil
+}
+
+// tryNext returns the next object, or false after timeout or a close.
+func (c *client) tryNext(timeout time.Duration) (map[string]any, bool) {
+	select {
+	case m := <-c.in:
+		return m, true
+	case <-c.done:
+		select {
+		case m := <-c.in:
+			return m, true
+		default:
+			return nil, false
+		}
+	case <-time.After(timeout):
+		return nil, false
+	}
+}
