@@ -51,6 +51,11 @@ type Client struct {
 	roomFor      chan struct{} // closed when the backlog has room again; nil unless the read loop waits
 	dispatch     sync.WaitGroup
 	inflight     atomic.Int32 // publishes the broker has not answered yet
+	// pubWait is closed when inflight drops under maxInflight, for a
+	// publish that waits for room; guarded by dmu. pubWaiting says one
+	// waits, so a broker callback need not take dmu otherwise.
+	pubWait    chan struct{}
+	pubWaiting atomic.Bool
 
 	w writer
 }
@@ -65,6 +70,9 @@ const (
 )
 
 // maxInflight bounds the publishes of one client that wait for the broker.
+// Past it the next publish waits (and the read loop with it): a burst from a
+// healthy broker's client, never a stall's backlog, since a broker that
+// stalls is soon not ready and refuses publishes at once.
 const maxInflight = 256
 
 // ConnInfo is what the HTTP layer knows of a connection.
@@ -402,18 +410,22 @@ func (c *Client) publish(req wire.Request) {
 		c.replyError(wire.ErrorFor(req.ID, wire.CodeForbidden, "the token does not grant publishing to this room"))
 		return
 	}
-	if c.inflight.Add(1) > maxInflight {
-		c.inflight.Add(-1)
-		h.metrics.refused.WithLabelValues("inflight").Inc()
-		c.replyError(wire.ErrorFor(req.ID, wire.CodeUnavailable, "too many publishes wait for the broker on this connection; retry"))
-		return
+	if !c.waitInflight() {
+		return // the connection is going away
 	}
 	// The frame's buffer is reused once this returns: the broker and the
 	// members keep copies.
 	data := bytes.Clone(req.Data)
 	id := bytes.Clone(req.ID)
 	h.publish(pubsub.Publication{Room: req.Room, Data: data, IdempotencyKey: req.IdempotencyKey}, func(rc pubsub.Receipt, err error) {
-		c.inflight.Add(-1)
+		if c.inflight.Add(-1) < maxInflight && c.pubWaiting.Load() {
+			c.dmu.Lock()
+			if c.pubWait != nil {
+				close(c.pubWait)
+				c.pubWait = nil
+			}
+			c.dmu.Unlock()
+		}
 		if err != nil {
 			code, msg := wire.CodeUnavailable, "the message was not handed to the broker; retry"
 			if errors.Is(err, pubsub.ErrUncertain) {
@@ -427,6 +439,35 @@ func (c *Client) publish(req wire.Request) {
 			c.send(wire.AppendPublishAck(nil, id, rc.Offset))
 		}
 	})
+}
+
+// waitInflight takes a slot for a publish, waiting while maxInflight of the
+// client's publishes wait for the broker. It reports false when the
+// connection ends first.
+func (c *Client) waitInflight() bool {
+	for {
+		if c.inflight.Add(1) <= maxInflight {
+			return true
+		}
+		c.inflight.Add(-1)
+		c.dmu.Lock()
+		if c.pubWait == nil {
+			c.pubWait = make(chan struct{})
+		}
+		ch := c.pubWait
+		c.pubWaiting.Store(true)
+		full := c.inflight.Load() >= maxInflight
+		c.dmu.Unlock()
+		if full {
+			c.hub.metrics.backpressure.Inc()
+			select {
+			case <-ch:
+			case <-c.ctx.Done():
+				return false
+			}
+		}
+		c.pubWaiting.Store(false)
+	}
 }
 
 // ack queues the ack of a subscribe.

@@ -363,6 +363,24 @@ func (h *Hub) Publish(ctx context.Context, room string, data []byte, key string)
 	}
 }
 
+// ErrNoHistory: the node keeps no history (HUB_HISTORY_SIZE=0).
+var ErrNoHistory = pubsub.ErrNoHistory
+
+// History returns room's stored messages after offset after, oldest first,
+// at most limit (and at most the history size), with where the room's
+// history stands. With history off it returns ErrNoHistory.
+func (h *Hub) History(ctx context.Context, room string, after uint64, limit int) (pubsub.History, error) {
+	if !h.history() {
+		return pubsub.History{}, ErrNoHistory
+	}
+	if limit <= 0 || limit > h.cfg.HistorySize {
+		limit = h.cfg.HistorySize
+	}
+	ctx, cancel := context.WithTimeout(ctx, h.cfg.BrokerTimeout)
+	defer cancel()
+	return h.broker.History(ctx, room, after, limit)
+}
+
 // publish hands p to the broker and calls done with the outcome. The local
 // members get the message as soon as the broker took it. p.Data must not
 // change afterwards. It never blocks.

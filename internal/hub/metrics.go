@@ -65,7 +65,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "hub_requests_refused_total", Help: "Requests answered unavailable because the node could not take them now, by reason (inflight: too many publishes of the connection wait for the broker).",
 		}, []string{"reason"}),
 		backpressure: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "hub_read_backpressure_total", Help: "Times a connection's read loop waited because the requests queued behind a subscribe filled their bound.",
+			Name: "hub_read_backpressure_total", Help: "Times a connection's requests waited (and its read loop with them): the requests queued behind a subscribe, or its publishes waiting for the broker, filled their bound.",
 		}),
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hub_closes_total", Help: "Closed WebSocket connections by close code.",

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,6 +29,7 @@ import (
 type Hub interface {
 	Serve(conn *hub.Conn, info hub.ConnInfo)
 	Publish(ctx context.Context, room string, data []byte, key string) (pubsub.Receipt, error)
+	History(ctx context.Context, room string, after uint64, limit int) (pubsub.History, error)
 	Running() bool
 }
 
@@ -96,6 +98,7 @@ func New(cfg Config, h Hub) *Server {
 	}
 	s.mux.HandleFunc("GET /ws", s.serveWS)
 	s.mux.HandleFunc("POST /v1/publish", s.servePublish)
+	s.mux.HandleFunc("GET /v1/history", s.serveHistory)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -253,6 +256,62 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 		resp["duplicate"] = true
 	}
 	writeJSON(w, http.StatusAccepted, resp)
+}
+
+// historyMessage is one message of a GET /v1/history answer.
+type historyMessage struct {
+	Offset uint64          `json:"offset"`
+	Data   json.RawMessage `json:"data"`
+}
+
+// serveHistory answers GET /v1/history?room=R&since=N&limit=L: the room's
+// stored messages after offset N, oldest first.
+func (s *Server) serveHistory(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.APIKey != "" && !s.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="hubcluster"`)
+		writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer key")
+		return
+	}
+	q := r.URL.Query()
+	room := q.Get("room")
+	if err := wire.ValidateRoom(room); err != nil {
+		writeError(w, http.StatusBadRequest, wire.CodeBadRoom, err.Error())
+		return
+	}
+	var since uint64
+	if v := q.Get("since"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 63)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, wire.CodeBadRequest, "since must be a whole number from 0")
+			return
+		}
+		since = n
+	}
+	limit := 0
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			writeError(w, http.StatusBadRequest, wire.CodeBadRequest, "limit must be a whole number from 1")
+			return
+		}
+		limit = n
+	}
+	h, err := s.hub.History(r.Context(), room, since, limit)
+	switch {
+	case errors.Is(err, pubsub.ErrNoHistory):
+		writeError(w, http.StatusNotFound, "no_history", "this node keeps no history (HUB_HISTORY_SIZE=0)")
+		return
+	case err != nil:
+		s.log.Warn("history read failed", "room", room, "err", err)
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, wire.CodeUnavailable, "the history could not be read; retry")
+		return
+	}
+	msgs := make([]historyMessage, len(h.Messages))
+	for i, m := range h.Messages {
+		msgs[i] = historyMessage{Offset: m.Offset, Data: m.Data}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"room": room, "epoch": h.Epoch, "offset": h.Top, "messages": msgs})
 }
 
 func (s *Server) authorized(r *http.Request) bool {

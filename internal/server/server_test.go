@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -318,5 +319,74 @@ func TestHalfSentRequestsDoNotHoldConnections(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 		t.Errorf("oversized headers: got %d, want 431", resp.StatusCode)
+	}
+}
+
+func TestHistoryEndpoint(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	broker := pubsub.NewMemory(pubsub.MemoryConfig{HistorySize: 5})
+	h, err := hub.New(hub.Config{NodeID: "n1", HistorySize: 5, Registerer: reg}, broker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(Config{APIKey: "k", MaxMessageBytes: 65536, Gatherer: reg, Ready: broker.Ready, Registerer: reg}, h)
+	ts := httptest.NewServer(s)
+	defer ts.Close()
+	ctx := context.Background()
+	for i := range 8 {
+		if _, err := h.Publish(ctx, "r", fmt.Appendf(nil, `{"n":%d}`, i+1), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	get := func(query, key string) (int, map[string]any) {
+		req, _ := http.NewRequest("GET", ts.URL+"/v1/history?"+query, nil)
+		if key != "" {
+			req.Header.Set("Authorization", "Bearer "+key)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var m map[string]any
+		json.NewDecoder(resp.Body).Decode(&m)
+		return resp.StatusCode, m
+	}
+	code, body := get("room=r&since=5&limit=2", "k")
+	if code != 200 || body["offset"] != 8.0 || body["epoch"] == "" {
+		t.Fatalf("got %d %v, want 200 with offset 8 and an epoch", code, body)
+	}
+	msgs := body["messages"].([]any)
+	if len(msgs) != 2 || msgs[0].(map[string]any)["offset"] != 6.0 || msgs[1].(map[string]any)["data"].(map[string]any)["n"] != 7.0 {
+		t.Fatalf("got messages %v, want offsets 6 and 7", msgs)
+	}
+	if code, body := get("room=r", "k"); code != 200 || len(body["messages"].([]any)) != 5 {
+		t.Fatalf("got %d %v, want the 5 kept (4..8)", code, body)
+	}
+	for _, tt := range []struct {
+		query, key string
+		want       int
+	}{
+		{"room=r", "", 401},
+		{"room=r", "wrong", 401},
+		{"room=a%20b", "k", 400},
+		{"room=r&since=-1", "k", 400},
+		{"room=r&limit=0", "k", 400},
+	} {
+		if code, _ := get(tt.query, tt.key); code != tt.want {
+			t.Errorf("GET /v1/history?%s with key %q: got %d, want %d", tt.query, tt.key, code, tt.want)
+		}
+	}
+	// History off: 404, said so.
+	off, _ := hub.New(hub.Config{NodeID: "n2"}, pubsub.NewMemory(pubsub.MemoryConfig{}))
+	ts2 := httptest.NewServer(New(Config{MaxMessageBytes: 65536, Gatherer: prometheus.NewRegistry()}, off))
+	defer ts2.Close()
+	resp, err := http.Get(ts2.URL + "/v1/history?room=r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 404 {
+		t.Errorf("history off: got %d, want 404", resp.StatusCode)
 	}
 }

@@ -219,11 +219,14 @@ func TestDrainUnderLoad(t *testing.T) {
 		cl.conn.Close(websocket.StatusNormalClosure, "")
 	}
 	http.DefaultClient.CloseIdleConnections() // the publish above used keep-alive
-	// B's goroutines and descriptors come back to where they were.
+	// B's goroutines and descriptors come back to where they were. Its Redis
+	// pool may keep a connection or two more than before (it grows with
+	// concurrent commands and keeps idle ones): a leak would be one per
+	// client, hundreds.
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		g, f := b.metric("go_goroutines"), b.metric("process_open_fds")
-		if g <= baseGoroutines && f <= baseFDs {
+		if g <= baseGoroutines+2 && f <= baseFDs+2 {
 			break
 		}
 		if time.Now().After(deadline) {
