@@ -13,6 +13,9 @@
 // characters (none included); "{sub}" stands for the token's subject, taken
 // literally: a '*' in the subject matches only a '*' (which no room name
 // holds), never a run of characters.
+//
+// "exp", "nbf" and "iat" must be JSON numbers when present; a string holding
+// a number is refused.
 package auth
 
 import (
@@ -20,6 +23,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -119,11 +123,53 @@ func parsePublicKey(pemBytes []byte) (crypto.PublicKey, string, error) {
 	}
 }
 
+// claims are the token's claims. The registered ones are spelled out, not
+// embedded from jwt.RegisteredClaims, so that the time claims decode as
+// strict numbers.
 type claims struct {
-	jwt.RegisteredClaims
-	Subscribe []string `json:"subscribe"`
-	Publish   []string `json:"publish"`
+	Subject   string           `json:"sub"`
+	Issuer    string           `json:"iss"`
+	Audience  jwt.ClaimStrings `json:"aud"`
+	ExpiresAt *numericDate     `json:"exp"`
+	NotBefore *numericDate     `json:"nbf"`
+	IssuedAt  *numericDate     `json:"iat"`
+	Subscribe []string         `json:"subscribe"`
+	Publish   []string         `json:"publish"`
 }
+
+var _ jwt.Claims = claims{}
+
+func (c claims) GetExpirationTime() (*jwt.NumericDate, error) { return c.ExpiresAt.date(), nil }
+func (c claims) GetNotBefore() (*jwt.NumericDate, error)      { return c.NotBefore.date(), nil }
+func (c claims) GetIssuedAt() (*jwt.NumericDate, error)       { return c.IssuedAt.date(), nil }
+func (c claims) GetIssuer() (string, error)                   { return c.Issuer, nil }
+func (c claims) GetSubject() (string, error)                  { return c.Subject, nil }
+func (c claims) GetAudience() (jwt.ClaimStrings, error)       { return c.Audience, nil }
+
+// numericDate is a JWT NumericDate that must be a JSON number: jwt.NumericDate
+// alone also takes a string that holds one ("exp": "1767225600").
+type numericDate struct{ jwt.NumericDate }
+
+// errNotNumber is wrapped by a token whose time claim is not a JSON number.
+var errNotNumber = errors.New("exp, nbf and iat must be JSON numbers")
+
+func (d *numericDate) UnmarshalJSON(b []byte) error {
+	// A JSON number starts with '-' or a digit; whitespace around it is
+	// trimmed by the decoder before this is called. null never gets here.
+	if len(b) == 0 || (b[0] != '-' && (b[0] < '0' || b[0] > '9')) {
+		return errNotNumber
+	}
+	return d.NumericDate.UnmarshalJSON(b)
+}
+
+func (d *numericDate) date() *jwt.NumericDate {
+	if d == nil {
+		return nil
+	}
+	return &d.NumericDate
+}
+
+var _ json.Unmarshaler = (*numericDate)(nil)
 
 // ErrInvalid is wrapped by every rejection; its message says why, never the
 // token.
@@ -148,6 +194,8 @@ func (v *Verifier) Verify(token string) (*Grant, error) {
 // reason names a parse failure in a few words.
 func reason(err error) string {
 	switch {
+	case errors.Is(err, errNotNumber):
+		return errNotNumber.Error()
 	case errors.Is(err, jwt.ErrTokenExpired):
 		return "expired"
 	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -138,6 +139,53 @@ func TestSubjectIsLiteral(t *testing.T) {
 		}
 	}
 }
+
+// exp, nbf and iat must be JSON numbers; golang-jwt on its own also takes a
+// string holding a number.
+func TestTimeClaimsMustBeNumbers(t *testing.T) {
+	v, err := New(Config{Secret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := time.Now().Add(time.Hour).Unix()
+	past := time.Now().Add(-time.Minute).Unix()
+	tests := []struct {
+		name  string
+		claim string
+		value any
+		ok    bool
+	}{
+		{"exp number", "exp", exp, true},
+		{"exp fraction", "exp", float64(exp) + 0.5, true},
+		{"exp string", "exp", strconv.FormatInt(exp, 10), false},
+		{"exp null", "exp", jsonNull{}, false},
+		{"exp bool", "exp", true, false},
+		{"exp object", "exp", map[string]any{"n": exp}, false},
+		{"nbf number", "nbf", past, true},
+		{"nbf string", "nbf", strconv.FormatInt(past, 10), false},
+		{"iat number", "iat", past, true},
+		{"iat string", "iat", strconv.FormatInt(past, 10), false},
+		{"iat array", "iat", []int64{past}, false},
+	}
+	for _, tt := range tests {
+		c := valid()
+		delete(c, "aud")
+		delete(c, "iss")
+		c[tt.claim] = tt.value
+		if _, ok := tt.value.(jsonNull); ok {
+			c[tt.claim] = nil
+		}
+		_, err := v.Verify(sign(t, jwt.SigningMethodHS256, []byte(secret), c))
+		if got := err == nil; got != tt.ok {
+			t.Errorf("%s: got err %v, want accepted %v", tt.name, err, tt.ok)
+		}
+		if err != nil && !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: got %v, want ErrInvalid", tt.name, err)
+		}
+	}
+}
+
+type jsonNull struct{}
 
 func writePEM(t *testing.T, pub any) string {
 	t.Helper()
