@@ -45,6 +45,9 @@ func run(ctx context.Context, environ []string, logOut io.Writer) error {
 		return err
 	}
 	log := newLogger(cfg, logOut)
+	if unknown := config.Unknown(environ); len(unknown) > 0 {
+		log.Warn("unknown HUB_ variables are ignored: a typo?", "variables", unknown)
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

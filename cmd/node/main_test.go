@@ -2,11 +2,15 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -40,9 +44,68 @@ func TestAddressInUseIsAnError(t *testing.T) {
 	<-done
 }
 
+// An HUB_ variable no setting reads is named in one warning at start; the
+// test harness's and the compose file's are not.
+func TestUnknownVariablesAreWarnedAbout(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs syncBuffer
+	addr, done := startRunLogs(t, ctx, []string{"HUB_MAX_CONECTIONS=10", "HUB_TEST_REDIS_IMAGE=x", "HUB_LB_PORT=1"}, &logs)
+	waitReady(t, "http://"+addr)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	var warnings []string
+	for _, line := range logLines(t, logs.String()) {
+		if line["level"] == "WARN" && strings.Contains(fmt.Sprint(line["msg"]), "unknown") {
+			warnings = append(warnings, fmt.Sprint(line["variables"]))
+		}
+	}
+	if want := []string{"[HUB_MAX_CONECTIONS]"}; !slices.Equal(warnings, want) {
+		t.Errorf("got warnings about %v, want %v", warnings, want)
+	}
+}
+
+// syncBuffer is a bytes.Buffer that a node may write while a test reads.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func logLines(t *testing.T, s string) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for line := range strings.Lines(s) {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
 // startRun starts run on a free loopback port and returns its address, read
 // from the start-up log line.
 func startRun(t *testing.T, ctx context.Context, env []string) (string, chan error) {
+	t.Helper()
+	return startRunLogs(t, ctx, env, io.Discard)
+}
+
+// startRunLogs is startRun with the node's log lines copied to logs.
+func startRunLogs(t *testing.T, ctx context.Context, env []string, logs io.Writer) (string, chan error) {
 	t.Helper()
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
@@ -50,11 +113,11 @@ func startRun(t *testing.T, ctx context.Context, env []string) (string, chan err
 		done <- run(ctx, append([]string{"HUB_ADDR=127.0.0.1:0", "HUB_NODE_ID=t", "HUB_DRAIN_DELAY=0s"}, env...), pw)
 		pw.Close()
 	}()
-	sc := bufio.NewScanner(pr)
+	sc := bufio.NewScanner(io.TeeReader(pr, logs))
 	for sc.Scan() {
 		var line struct{ Msg, Addr string }
 		if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "node started" {
-			go io.Copy(io.Discard, pr)
+			go io.Copy(logs, pr)
 			return line.Addr, done
 		}
 	}
