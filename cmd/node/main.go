@@ -64,25 +64,7 @@ func run(ctx context.Context, environ []string, logOut io.Writer) error {
 		return err
 	}
 	trusted, _ := cfg.TrustedProxies() // validated by config.Load
-	hcfg := hub.Config{
-		NodeID:            cfg.NodeID,
-		Origin:            origin,
-		SendQueue:         cfg.SendQueue,
-		SlowTimeout:       cfg.SlowTimeout,
-		SendQueueBytes:    cfg.SendQueueBytes,
-		HistorySize:       cfg.HistorySize,
-		BrokerTimeout:     cfg.BrokerTimeout,
-		MaxMessageBytes:   cfg.MaxMessageBytes,
-		WriteTimeout:      cfg.WriteTimeout,
-		WriteCoalesce:     cfg.WriteCoalesce,
-		PingInterval:      cfg.PingInterval,
-		AuthTimeout:       cfg.AuthTimeout,
-		ClientRate:        cfg.ClientRate,
-		ClientBurst:       cfg.ClientBurst,
-		MaxRoomsPerClient: cfg.MaxRooms,
-		Logger:            log,
-		Registerer:        reg,
-	}
+	hcfg := hubConfig(cfg, origin, log, reg)
 	if verifier != nil {
 		hcfg.Authenticator = verifier // a nil *auth.Verifier must not become a non-nil interface
 	}
@@ -115,6 +97,33 @@ func run(ctx context.Context, environ []string, logOut io.Writer) error {
 		"history_size", cfg.HistorySize)
 
 	return serve(ctx, cfg, log, reg, ln, srv, h, broker)
+}
+
+// hubConfig is the hub's share of cfg.
+func hubConfig(cfg config.Config, origin string, log *slog.Logger, reg prometheus.Registerer) hub.Config {
+	ping := cfg.PingInterval
+	if ping == 0 {
+		ping = -1 // HUB_PING_INTERVAL=0 is off; the hub takes 0 as its default
+	}
+	return hub.Config{
+		NodeID:            cfg.NodeID,
+		Origin:            origin,
+		SendQueue:         cfg.SendQueue,
+		SlowTimeout:       cfg.SlowTimeout,
+		SendQueueBytes:    cfg.SendQueueBytes,
+		HistorySize:       cfg.HistorySize,
+		BrokerTimeout:     cfg.BrokerTimeout,
+		MaxMessageBytes:   cfg.MaxMessageBytes,
+		WriteTimeout:      cfg.WriteTimeout,
+		WriteCoalesce:     cfg.WriteCoalesce,
+		PingInterval:      ping,
+		AuthTimeout:       cfg.AuthTimeout,
+		ClientRate:        cfg.ClientRate,
+		ClientBurst:       cfg.ClientBurst,
+		MaxRoomsPerClient: cfg.MaxRooms,
+		Logger:            log,
+		Registerer:        reg,
+	}
 }
 
 func newBroker(cfg config.Config, origin string, log *slog.Logger, reg prometheus.Registerer) (pubsub.Broker, error) {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/hubcluster/hubcluster/internal/config"
 	"go.uber.org/goleak"
 )
 
@@ -95,6 +96,29 @@ func logLines(t *testing.T, s string) []map[string]any {
 		out = append(out, m)
 	}
 	return out
+}
+
+// HUB_PING_INTERVAL=0 turns keepalive off, as the README says; the hub reads
+// a zero PingInterval as its default.
+func TestHubConfigPingInterval(t *testing.T) {
+	tests := []struct {
+		env  string
+		want time.Duration
+	}{
+		{"HUB_PING_INTERVAL=0", -1},
+		{"HUB_PING_INTERVAL=0s", -1},
+		{"HUB_PING_INTERVAL=3s", 3 * time.Second},
+		{"HUB_NODE_ID=x", 25 * time.Second},
+	}
+	for _, tt := range tests {
+		cfg, err := config.Load([]string{tt.env})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := hubConfig(cfg, "o", nil, nil).PingInterval; got != tt.want {
+			t.Errorf("%s: got PingInterval %v, want %v", tt.env, got, tt.want)
+		}
+	}
 }
 
 // startRun starts run on a free loopback port and returns its address, read
