@@ -72,6 +72,21 @@ type Server struct {
 	limits   connLimits
 	refused  *prometheus.CounterVec
 	sessions sync.WaitGroup // one per WebSocket connection being served
+	logs     refusalLogs
+}
+
+// refusalLogs throttle the log lines of refusals, which a client can cause
+// at will: one per kind and interval, with the count of the rest.
+type refusalLogs struct {
+	maxConns, maxConnsPerIP, handshake *logThrottle
+}
+
+func newRefusalLogs(log *slog.Logger) refusalLogs {
+	return refusalLogs{
+		maxConns:      newLogThrottle(log, slog.LevelWarn, "upgrade refused: node at HUB_MAX_CONNECTIONS", refusalLogInterval),
+		maxConnsPerIP: newLogThrottle(log, slog.LevelInfo, "upgrade refused: client IP at HUB_MAX_CONNECTIONS_PER_IP", refusalLogInterval),
+		handshake:     newLogThrottle(log, slog.LevelInfo, "upgrade refused", refusalLogInterval),
+	}
 }
 
 // New returns a Server for h.
@@ -91,6 +106,7 @@ func New(cfg Config, h Hub) *Server {
 			Name: "hub_upgrades_refused_total", Help: "WebSocket upgrades refused before any WebSocket work, by reason.",
 		}, []string{"reason"}),
 	}
+	s.logs = newRefusalLogs(s.log)
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(s.refused)
 	}
@@ -159,12 +175,12 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	switch s.limits.acquire(ip) {
 	case http.StatusServiceUnavailable:
 		s.refused.WithLabelValues("max_connections").Inc()
-		s.log.Warn("upgrade refused: node at HUB_MAX_CONNECTIONS", "ip", ip.String())
+		s.logs.maxConns.Log("ip", ip.String())
 		writeError(w, http.StatusServiceUnavailable, wire.CodeUnavailable, "node is at its connection limit")
 		return
 	case http.StatusTooManyRequests:
 		s.refused.WithLabelValues("max_connections_per_ip").Inc()
-		s.log.Info("upgrade refused: client IP at HUB_MAX_CONNECTIONS_PER_IP", "ip", ip.String())
+		s.logs.maxConnsPerIP.Log("ip", ip.String())
 		writeError(w, http.StatusTooManyRequests, wire.CodeRateLimited, "too many connections from this address")
 		return
 	}
@@ -178,7 +194,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		// Accept has written the HTTP error (403 for a foreign origin).
 		s.refused.WithLabelValues("handshake").Inc()
-		s.log.Info("upgrade refused", "ip", ip.String(), "err", err)
+		s.logs.handshake.Log("ip", ip.String(), "err", err)
 		s.limits.release(ip)
 		return
 	}
