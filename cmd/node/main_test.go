@@ -172,6 +172,7 @@ func TestRunServesAndStopsCleanly(t *testing.T) {
 	}
 	req, _ := http.NewRequest("POST", base+"/v1/publish", strings.NewReader(`{"room":"demo","data":"hello"}`))
 	req.Header.Set("Authorization", "Bearer secret")
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil || resp.StatusCode != 202 {
 		t.Fatalf("publish: got %v, %v; want 202", resp, err)

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path"
 	"reflect"
 	"slices"
 	"strconv"
@@ -256,6 +257,8 @@ func (c *Config) validate() error {
 	for _, o := range c.AllowedOrigins {
 		if strings.TrimSpace(o) == "" {
 			bad("HUB_ALLOWED_ORIGINS", "has an empty pattern")
+		} else if _, err := path.Match(o, ""); err != nil {
+			bad("HUB_ALLOWED_ORIGINS", "%q is not a path.Match pattern", o)
 		}
 	}
 	return errors.Join(errs...)

@@ -56,6 +56,7 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"HUB_REDIS_URL=http://127.0.0.1", "HUB_REDIS_URL"},
 		{"HUB_PING_INTERVAL=-1s", "HUB_PING_INTERVAL"},
 		{"HUB_ALLOWED_ORIGINS=a,,b", "HUB_ALLOWED_ORIGINS"},
+		{"HUB_ALLOWED_ORIGINS=app.example.com,[", "HUB_ALLOWED_ORIGINS"},
 		{"HUB_JWT_SECRET=short", "HUB_JWT_SECRET"},
 		{"HUB_CLIENT_RATE=fast", "HUB_CLIENT_RATE"},
 		{"HUB_CLIENT_BURST=0", "HUB_CLIENT_BURST"},

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"mime"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -78,14 +79,16 @@ type Server struct {
 // refusalLogs throttle the log lines of refusals, which a client can cause
 // at will: one per kind and interval, with the count of the rest.
 type refusalLogs struct {
-	maxConns, maxConnsPerIP, handshake *logThrottle
+	maxConns, maxConnsPerIP, origin, handshake, publishOrigin *logThrottle
 }
 
 func newRefusalLogs(log *slog.Logger) refusalLogs {
 	return refusalLogs{
 		maxConns:      newLogThrottle(log, slog.LevelWarn, "upgrade refused: node at HUB_MAX_CONNECTIONS", refusalLogInterval),
 		maxConnsPerIP: newLogThrottle(log, slog.LevelInfo, "upgrade refused: client IP at HUB_MAX_CONNECTIONS_PER_IP", refusalLogInterval),
+		origin:        newLogThrottle(log, slog.LevelInfo, "upgrade refused: origin not allowed", refusalLogInterval),
 		handshake:     newLogThrottle(log, slog.LevelInfo, "upgrade refused", refusalLogInterval),
+		publishOrigin: newLogThrottle(log, slog.LevelInfo, "publish refused: origin not allowed", refusalLogInterval),
 	}
 }
 
@@ -172,6 +175,12 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, wire.CodeUnavailable, "node not ready: "+err.Error())
 		return
 	}
+	if err := checkOrigin(r, s.cfg.AllowedOrigins); err != nil {
+		s.refused.WithLabelValues("origin").Inc()
+		s.logs.origin.Log("ip", ip.String(), "err", err)
+		writeError(w, http.StatusForbidden, wire.CodeForbidden, "origin not allowed")
+		return
+	}
 	switch s.limits.acquire(ip) {
 	case http.StatusServiceUnavailable:
 		s.refused.WithLabelValues("max_connections").Inc()
@@ -185,14 +194,17 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	conn, err := hub.Accept(w, r, &websocket.AcceptOptions{
-		OriginPatterns: s.cfg.AllowedOrigins,
+		// checkOrigin above has decided, with the same rules that POST
+		// /v1/publish uses; this turns off only Accept's own copy of them.
+		InsecureSkipVerify: true,
 		// Compression stays off: it costs tens of KiB per connection, and
 		// compressing secrets next to attacker-chosen text leaks them
 		// (CRIME/BREACH).
 		CompressionMode: websocket.CompressionDisabled,
 	})
 	if err != nil {
-		// Accept has written the HTTP error (403 for a foreign origin).
+		// Accept has written the HTTP error (426 for a request that is not
+		// an upgrade).
 		s.refused.WithLabelValues("handshake").Inc()
 		s.logs.handshake.Log("ip", ip.String(), "err", err)
 		s.limits.release(ip)
@@ -223,10 +235,23 @@ func (s *Server) Wait(ctx context.Context) error {
 	}
 }
 
+// servePublish serves POST /v1/publish. A web page must not be able to
+// publish through a browser that can reach the node: a foreign Origin gets
+// 403, and a body that is not declared application/json gets 415, since
+// only such a request needs a CORS preflight, which this server never grants.
 func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
+	if err := checkOrigin(r, s.cfg.AllowedOrigins); err != nil {
+		s.logs.publishOrigin.Log("ip", clientIP(r, s.cfg.TrustedProxies).String(), "err", err)
+		writeError(w, http.StatusForbidden, wire.CodeForbidden, "origin not allowed")
+		return
+	}
 	if s.cfg.APIKey != "" && !s.authorized(r) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="hubcluster"`)
 		writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer key")
+		return
+	}
+	if !isJSON(r.Header) {
+		writeError(w, http.StatusUnsupportedMediaType, wire.CodeBadRequest, "Content-Type must be application/json")
 		return
 	}
 	limit := s.cfg.MaxMessageBytes + 1024
@@ -269,6 +294,17 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 		resp["duplicate"] = true
 	}
 	writeJSON(w, http.StatusAccepted, resp)
+}
+
+// isJSON reports whether h declares one Content-Type, application/json,
+// with any parameters (charset=utf-8).
+func isJSON(h http.Header) bool {
+	v := h.Values("Content-Type")
+	if len(v) != 1 {
+		return false
+	}
+	mt, _, err := mime.ParseMediaType(v[0])
+	return err == nil && mt == "application/json"
 }
 
 func (s *Server) authorized(r *http.Request) bool {
