@@ -7,9 +7,11 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"mime"
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -50,8 +52,25 @@ type Config struct {
 	Gatherer prometheus.Gatherer
 	Logger   *slog.Logger
 	// ReadHeaderTimeout bounds how long a client may take to send its request
-	// headers (default 5s).
+	// headers (default 5s, and at most ReadTimeout).
 	ReadHeaderTimeout time.Duration
+	// ReadTimeout bounds how long a client may take to send a whole plain
+	// request, headers and body (default 10s); WriteTimeout bounds the time
+	// from the end of its headers to the end of the response (default
+	// ReadTimeout + 30s): it must leave room for the slowest handler, a
+	// publish waiting for the broker. Neither binds a WebSocket once it is
+	// upgraded.
+	ReadTimeout, WriteTimeout time.Duration
+	// MaxHTTPConnections bounds the node's connections that are not
+	// WebSockets: plain requests, idle keep-alives, upgrades in progress.
+	// Beyond it a new connection gets 503 and is closed before any request
+	// is read. 0: no limit.
+	MaxHTTPConnections int
+	// MaxHTTPConnectionsPerIP bounds the share of them one peer address may
+	// hold (beyond it, 429 and closed), so that one client cannot take them
+	// all; peers in TrustedProxies, which carry many clients, are exempt.
+	// 0: no limit.
+	MaxHTTPConnectionsPerIP int
 	// MaxConnections bounds the WebSocket connections of the node: beyond it
 	// upgrades get 503 before any WebSocket work. 0: no limit.
 	MaxConnections int
@@ -74,12 +93,17 @@ type Server struct {
 	refused  *prometheus.CounterVec
 	sessions sync.WaitGroup // one per WebSocket connection being served
 	logs     refusalLogs
+
+	httpConns      *httpConns
+	httpRefused    *prometheus.CounterVec
+	acceptFailures prometheus.Counter
 }
 
 // refusalLogs throttle the log lines of refusals, which a client can cause
 // at will: one per kind and interval, with the count of the rest.
 type refusalLogs struct {
 	maxConns, maxConnsPerIP, origin, handshake, publishOrigin *logThrottle
+	httpConns, httpConnsPerIP, accept                         *logThrottle
 }
 
 func newRefusalLogs(log *slog.Logger) refusalLogs {
@@ -89,6 +113,13 @@ func newRefusalLogs(log *slog.Logger) refusalLogs {
 		origin:        newLogThrottle(log, slog.LevelInfo, "upgrade refused: origin not allowed", refusalLogInterval),
 		handshake:     newLogThrottle(log, slog.LevelInfo, "upgrade refused", refusalLogInterval),
 		publishOrigin: newLogThrottle(log, slog.LevelInfo, "publish refused: origin not allowed", refusalLogInterval),
+		httpConns: newLogThrottle(log, slog.LevelWarn,
+			"connection refused: node at HUB_MAX_HTTP_CONNECTIONS (connections that are not WebSockets)", refusalLogInterval),
+		httpConnsPerIP: newLogThrottle(log, slog.LevelInfo,
+			"connection refused: peer address at HUB_MAX_HTTP_CONNECTIONS_PER_IP", refusalLogInterval),
+		// Accept fails when the process is out of file descriptors ("too many
+		// open files"); http.Server retries, and says so only at debug.
+		accept: newLogThrottle(log, slog.LevelWarn, "accept failed", refusalLogInterval),
 	}
 }
 
@@ -100,9 +131,16 @@ func New(cfg Config, h Hub) *Server {
 	if cfg.Gatherer == nil {
 		cfg.Gatherer = prometheus.DefaultGatherer
 	}
+	if cfg.ReadTimeout <= 0 {
+		cfg.ReadTimeout = 10 * time.Second
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = cfg.ReadTimeout + 30*time.Second
+	}
 	if cfg.ReadHeaderTimeout <= 0 {
 		cfg.ReadHeaderTimeout = 5 * time.Second
 	}
+	cfg.ReadHeaderTimeout = min(cfg.ReadHeaderTimeout, cfg.ReadTimeout)
 	s := &Server{cfg: cfg, hub: h, log: cfg.Logger.With("component", "server"), mux: http.NewServeMux(),
 		limits: connLimits{max: cfg.MaxConnections, maxPerIP: cfg.MaxConnectionsPerIP},
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -110,8 +148,19 @@ func New(cfg Config, h Hub) *Server {
 		}, []string{"reason"}),
 	}
 	s.logs = newRefusalLogs(s.log)
+	s.httpConns = newHTTPConns(cfg.MaxHTTPConnections, cfg.MaxHTTPConnectionsPerIP, cfg.TrustedProxies)
+	s.httpRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hub_http_connections_refused_total",
+		Help: "Connections closed before any request was read, at HUB_MAX_HTTP_CONNECTIONS or HUB_MAX_HTTP_CONNECTIONS_PER_IP, by reason.",
+	}, []string{"reason"})
+	s.acceptFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "hub_accept_failures_total", Help: "Failed accepts on the listener, such as for want of file descriptors.",
+	})
+	httpConnsGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "hub_http_connections", Help: "Open connections that are not WebSockets: plain requests, idle keep-alives, upgrades in progress.",
+	}, func() float64 { return float64(s.httpConns.count()) })
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(s.refused)
+		cfg.Registerer.MustRegister(s.refused, s.httpRefused, s.acceptFailures, httpConnsGauge)
 	}
 	s.mux.HandleFunc("GET /ws", s.serveWS)
 	s.mux.HandleFunc("POST /v1/publish", s.servePublish)
@@ -126,16 +175,83 @@ func New(cfg Config, h Hub) *Server {
 // ServeHTTP routes r.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
-// HTTPServer returns an http.Server for s with timeouts that keep a half-sent
-// request from holding a connection open.
+// HTTPServer returns an http.Server for s. Its timeouts keep a half-sent
+// request (headers or body) from holding a connection open, and its
+// ConnState hook bounds the connections that are not WebSockets; a WebSocket
+// is bound by neither once upgraded (net/http, and hub.Accept again, clear
+// the deadlines of a connection that is taken over). Serve it on
+// Listener(ln).
 func (s *Server) HTTPServer() *http.Server {
 	return &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
+		ReadTimeout:       s.cfg.ReadTimeout,
+		WriteTimeout:      s.cfg.WriteTimeout,
 		MaxHeaderBytes:    16 << 10,
 		IdleTimeout:       60 * time.Second,
+		ConnState:         s.connState,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
+}
+
+// connState counts the HTTP server's connections that are not WebSockets,
+// and refuses one beyond the limits. It runs on the server's accept loop
+// for StateNew, so it never blocks: the refusal is a short write to a
+// fresh socket, with a deadline, and a close.
+func (s *Server) connState(c net.Conn, state http.ConnState) {
+	switch state {
+	case http.StateNew:
+		peer := peerAddr(c)
+		reason := s.httpConns.admit(c, peer)
+		if reason == "" {
+			return
+		}
+		s.httpRefused.WithLabelValues(reason).Inc()
+		status, code, msg := http.StatusServiceUnavailable, wire.CodeUnavailable, "node is at its connection limit"
+		if reason == refusedHTTPPerIP {
+			s.logs.httpConnsPerIP.Log("ip", peer.String())
+			status, code, msg = http.StatusTooManyRequests, wire.CodeRateLimited, "too many connections from this address"
+		} else {
+			s.logs.httpConns.Log("ip", peer.String())
+		}
+		refuseConn(c, status, code, msg)
+	case http.StateHijacked, http.StateClosed:
+		s.httpConns.done(c)
+	}
+}
+
+// refuseConn answers c with status and closes it, before reading anything:
+// the client reads the answer if it reads before the close resets the
+// connection, and a closed connection otherwise.
+func refuseConn(c net.Conn, status int, code, message string) {
+	body, _ := json.Marshal(map[string]string{"code": code, "message": message})
+	c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s",
+		status, http.StatusText(status), len(body), body)
+	c.Close()
+}
+
+// Listener returns ln with its accept failures logged at warn (throttled)
+// and counted. http.Server retries such a failure with a backoff, and logs
+// it only at debug: running out of file descriptors ("too many open files")
+// would pass unnoticed.
+func (s *Server) Listener(ln net.Listener) net.Listener {
+	return &loggedListener{Listener: ln, log: s.logs.accept, failures: s.acceptFailures}
+}
+
+type loggedListener struct {
+	net.Listener
+	log      *logThrottle
+	failures prometheus.Counter
+}
+
+func (l *loggedListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		l.failures.Inc()
+		l.log.Log("addr", l.Addr().String(), "err", err)
+	}
+	return c, err
 }
 
 // SetDraining marks the node as draining: /readyz answers 503 and new
