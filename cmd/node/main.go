@@ -63,7 +63,6 @@ func run(ctx context.Context, environ []string, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	trusted, _ := cfg.TrustedProxies() // validated by config.Load
 	hcfg := hubConfig(cfg, origin, log, reg)
 	if verifier != nil {
 		hcfg.Authenticator = verifier // a nil *auth.Verifier must not become a non-nil interface
@@ -72,18 +71,7 @@ func run(ctx context.Context, environ []string, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srv := server.New(server.Config{
-		APIKey:              cfg.APIKey,
-		AllowedOrigins:      cfg.AllowedOrigins,
-		MaxMessageBytes:     cfg.MaxMessageBytes,
-		Ready:               broker.Ready,
-		Gatherer:            reg,
-		Logger:              log,
-		MaxConnections:      cfg.MaxConns,
-		MaxConnectionsPerIP: cfg.MaxConnsPerIP,
-		TrustedProxies:      trusted,
-		Registerer:          reg,
-	}, h)
+	srv := server.New(serverConfig(cfg, broker.Ready, log, reg), h)
 
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
@@ -97,6 +85,29 @@ func run(ctx context.Context, environ []string, logOut io.Writer) error {
 		"history_size", cfg.HistorySize)
 
 	return serve(ctx, cfg, log, reg, ln, srv, h, broker)
+}
+
+// serverConfig is the HTTP server's share of cfg.
+func serverConfig(cfg config.Config, ready func() error, log *slog.Logger, reg *prometheus.Registry) server.Config {
+	trusted, _ := cfg.TrustedProxies() // validated by config.Load
+	return server.Config{
+		APIKey:              cfg.APIKey,
+		AllowedOrigins:      cfg.AllowedOrigins,
+		MaxMessageBytes:     cfg.MaxMessageBytes,
+		Ready:               ready,
+		Gatherer:            reg,
+		Logger:              log,
+		MaxConnections:      cfg.MaxConns,
+		MaxConnectionsPerIP: cfg.MaxConnsPerIP,
+		TrustedProxies:      trusted,
+		Registerer:          reg,
+		ReadTimeout:         cfg.HTTPReadTimeout,
+		// The slowest handler is a publish that waits HUB_BROKER_TIMEOUT
+		// for the broker; its answer must still get out.
+		WriteTimeout:            cfg.HTTPReadTimeout + cfg.BrokerTimeout + 5*time.Second,
+		MaxHTTPConnections:      cfg.MaxHTTPConns,
+		MaxHTTPConnectionsPerIP: cfg.MaxHTTPConnsPerIP,
+	}
 }
 
 // hubConfig is the hub's share of cfg.
@@ -213,7 +224,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, reg prometh
 	go func() { brokerDone <- b.Run(brokerCtx, h) }()
 	go func() { hubDone <- h.Run(hubCtx) }()
 	go func() {
-		if err := httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := httpSrv.Serve(srv.Listener(ln)); !errors.Is(err, http.ErrServerClosed) {
 			httpDone <- fmt.Errorf("http: %w", err)
 			return
 		}

@@ -59,6 +59,10 @@ type Config struct {
 	MaxConnsPerIP    int           `env:"HUB_MAX_CONNECTIONS_PER_IP" envDefault:"0"`
 	TrustedProxyList []string      `env:"HUB_TRUSTED_PROXIES" envSeparator:","`
 	PingInterval     time.Duration `env:"HUB_PING_INTERVAL" envDefault:"25s"`
+
+	HTTPReadTimeout   time.Duration `env:"HUB_HTTP_READ_TIMEOUT" envDefault:"10s"`
+	MaxHTTPConns      int           `env:"HUB_MAX_HTTP_CONNECTIONS" envDefault:"1024"`
+	MaxHTTPConnsPerIP int           `env:"HUB_MAX_HTTP_CONNECTIONS_PER_IP" envDefault:"256"`
 }
 
 // setting is one HUB_ variable of Config, read from its struct tags.
@@ -250,6 +254,17 @@ func (c *Config) validate() error {
 	}
 	if c.MaxConnsPerIP < 0 {
 		bad("HUB_MAX_CONNECTIONS_PER_IP", "must be 0 (no limit) or positive")
+	}
+	if c.HTTPReadTimeout < 100*time.Millisecond || c.HTTPReadTimeout > 10*time.Minute {
+		bad("HUB_HTTP_READ_TIMEOUT", "must be between 100ms and 10m, e.g. 10s")
+	}
+	if c.MaxHTTPConns < 0 {
+		bad("HUB_MAX_HTTP_CONNECTIONS", "must be 0 (no limit) or positive")
+	}
+	if c.MaxHTTPConnsPerIP < 0 {
+		bad("HUB_MAX_HTTP_CONNECTIONS_PER_IP", "must be 0 (no limit) or positive")
+	} else if c.MaxHTTPConns > 0 && c.MaxHTTPConnsPerIP > c.MaxHTTPConns {
+		bad("HUB_MAX_HTTP_CONNECTIONS_PER_IP", "%d is more than HUB_MAX_HTTP_CONNECTIONS (%d)", c.MaxHTTPConnsPerIP, c.MaxHTTPConns)
 	}
 	if _, err := c.TrustedProxies(); err != nil {
 		bad("HUB_TRUSTED_PROXIES", "%v", err)

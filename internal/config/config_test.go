@@ -16,7 +16,8 @@ func TestDefaults(t *testing.T) {
 		c.LogLevel != "info" || c.LogFormat != "json" || c.RedisURL != "" || c.RedisPrefix != "hub:" || c.NodeID == "" {
 		t.Errorf("got %+v, want the DESIGN.md defaults", c)
 	}
-	if c.ProbeInterval != time.Second || c.ClientRate != 100 || c.PingInterval != 25*time.Second {
+	if c.ProbeInterval != time.Second || c.ClientRate != 100 || c.PingInterval != 25*time.Second ||
+		c.HTTPReadTimeout != 10*time.Second || c.MaxHTTPConns != 1024 || c.MaxHTTPConnsPerIP != 256 {
 		t.Errorf("got %+v, want the README defaults", c)
 	}
 }
@@ -84,6 +85,11 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"HUB_SEND_QUEUE_BYTES=65536", "HUB_SEND_QUEUE_BYTES"}, // one largest message would cut its receivers
 		{"HUB_MAX_ROOMS_PER_CLIENT=10000000", "HUB_MAX_ROOMS_PER_CLIENT"},
 		{"HUB_REDIS_PREFIX=a b", "HUB_REDIS_PREFIX"},
+		{"HUB_HTTP_READ_TIMEOUT=1ns", "HUB_HTTP_READ_TIMEOUT"},
+		{"HUB_HTTP_READ_TIMEOUT=soon", "HUB_HTTP_READ_TIMEOUT"},
+		{"HUB_MAX_HTTP_CONNECTIONS=-1", "HUB_MAX_HTTP_CONNECTIONS"},
+		{"HUB_MAX_HTTP_CONNECTIONS_PER_IP=-1", "HUB_MAX_HTTP_CONNECTIONS_PER_IP"},
+		{"HUB_MAX_HTTP_CONNECTIONS_PER_IP=2000", "HUB_MAX_HTTP_CONNECTIONS_PER_IP"}, // more than the node's 1024
 		// Set but empty, where empty is not a value: the default would be
 		// taken silently (an empty HUB_ADDR listened on every interface).
 		{"HUB_ADDR=", "HUB_ADDR"},
