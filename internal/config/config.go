@@ -137,6 +137,9 @@ func Load(environ []string) (Config, error) {
 	if err := env.ParseWithOptions(&c, env.Options{Environment: vars}); err != nil {
 		return Config{}, nameVariables(err)
 	}
+	for i, o := range c.AllowedOrigins {
+		c.AllowedOrigins[i] = strings.TrimSpace(o)
+	}
 	if c.NodeID == "" {
 		h, err := os.Hostname()
 		if err != nil || h == "" {
@@ -270,7 +273,7 @@ func (c *Config) validate() error {
 		bad("HUB_TRUSTED_PROXIES", "%v", err)
 	}
 	for _, o := range c.AllowedOrigins {
-		if strings.TrimSpace(o) == "" {
+		if o == "" {
 			bad("HUB_ALLOWED_ORIGINS", "has an empty pattern")
 		} else if _, err := path.Match(o, ""); err != nil {
 			bad("HUB_ALLOWED_ORIGINS", "%q is not a path.Match pattern", o)

@@ -136,6 +136,18 @@ func TestUnknown(t *testing.T) {
 	}
 }
 
+// "a.example, b.example" means two patterns, not one with a space in front
+// that no origin matches.
+func TestAllowedOriginsAreTrimmed(t *testing.T) {
+	c, err := Load([]string{"HUB_ALLOWED_ORIGINS=example.com, *.example.org ,https://app.example.net"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"example.com", "*.example.org", "https://app.example.net"}; !slices.Equal(c.AllowedOrigins, want) {
+		t.Errorf("got %q, want %q", c.AllowedOrigins, want)
+	}
+}
+
 func TestTrustedProxies(t *testing.T) {
 	c, err := Load([]string{"HUB_TRUSTED_PROXIES=10.0.0.0/8, 192.168.1.7 ,fd00::/8"})
 	if err != nil {
