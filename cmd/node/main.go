@@ -45,6 +45,9 @@ func run(ctx context.Context, environ []string, logOut io.Writer) error {
 		return err
 	}
 	log := newLogger(cfg, logOut)
+	if unknown := config.Unknown(environ); len(unknown) > 0 {
+		log.Warn("unknown HUB_ variables are ignored: a typo?", "variables", unknown)
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -60,26 +63,7 @@ func run(ctx context.Context, environ []string, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	trusted, _ := cfg.TrustedProxies() // validated by config.Load
-	hcfg := hub.Config{
-		NodeID:            cfg.NodeID,
-		Origin:            origin,
-		SendQueue:         cfg.SendQueue,
-		SlowTimeout:       cfg.SlowTimeout,
-		SendQueueBytes:    cfg.SendQueueBytes,
-		HistorySize:       cfg.HistorySize,
-		BrokerTimeout:     cfg.BrokerTimeout,
-		MaxMessageBytes:   cfg.MaxMessageBytes,
-		WriteTimeout:      cfg.WriteTimeout,
-		WriteCoalesce:     cfg.WriteCoalesce,
-		PingInterval:      cfg.PingInterval,
-		AuthTimeout:       cfg.AuthTimeout,
-		ClientRate:        cfg.ClientRate,
-		ClientBurst:       cfg.ClientBurst,
-		MaxRoomsPerClient: cfg.MaxRooms,
-		Logger:            log,
-		Registerer:        reg,
-	}
+	hcfg := hubConfig(cfg, origin, log, reg)
 	if verifier != nil {
 		hcfg.Authenticator = verifier // a nil *auth.Verifier must not become a non-nil interface
 	}
@@ -87,18 +71,7 @@ func run(ctx context.Context, environ []string, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srv := server.New(server.Config{
-		APIKey:              cfg.APIKey,
-		AllowedOrigins:      cfg.AllowedOrigins,
-		MaxMessageBytes:     cfg.MaxMessageBytes,
-		Ready:               broker.Ready,
-		Gatherer:            reg,
-		Logger:              log,
-		MaxConnections:      cfg.MaxConns,
-		MaxConnectionsPerIP: cfg.MaxConnsPerIP,
-		TrustedProxies:      trusted,
-		Registerer:          reg,
-	}, h)
+	srv := server.New(serverConfig(cfg, broker.Ready, log, reg), h)
 
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
@@ -112,6 +85,56 @@ func run(ctx context.Context, environ []string, logOut io.Writer) error {
 		"history_size", cfg.HistorySize)
 
 	return serve(ctx, cfg, log, reg, ln, srv, h, broker)
+}
+
+// serverConfig is the HTTP server's share of cfg.
+func serverConfig(cfg config.Config, ready func() error, log *slog.Logger, reg *prometheus.Registry) server.Config {
+	trusted, _ := cfg.TrustedProxies() // validated by config.Load
+	return server.Config{
+		APIKey:              cfg.APIKey,
+		AllowedOrigins:      cfg.AllowedOrigins,
+		MaxMessageBytes:     cfg.MaxMessageBytes,
+		Ready:               ready,
+		Gatherer:            reg,
+		Logger:              log,
+		MaxConnections:      cfg.MaxConns,
+		MaxConnectionsPerIP: cfg.MaxConnsPerIP,
+		TrustedProxies:      trusted,
+		Registerer:          reg,
+		ReadTimeout:         cfg.HTTPReadTimeout,
+		// The slowest handler is a publish that waits HUB_BROKER_TIMEOUT
+		// for the broker; its answer must still get out.
+		WriteTimeout:            cfg.HTTPReadTimeout + cfg.BrokerTimeout + 5*time.Second,
+		MaxHTTPConnections:      cfg.MaxHTTPConns,
+		MaxHTTPConnectionsPerIP: cfg.MaxHTTPConnsPerIP,
+	}
+}
+
+// hubConfig is the hub's share of cfg.
+func hubConfig(cfg config.Config, origin string, log *slog.Logger, reg prometheus.Registerer) hub.Config {
+	ping := cfg.PingInterval
+	if ping == 0 {
+		ping = -1 // HUB_PING_INTERVAL=0 is off; the hub takes 0 as its default
+	}
+	return hub.Config{
+		NodeID:            cfg.NodeID,
+		Origin:            origin,
+		SendQueue:         cfg.SendQueue,
+		SlowTimeout:       cfg.SlowTimeout,
+		SendQueueBytes:    cfg.SendQueueBytes,
+		HistorySize:       cfg.HistorySize,
+		BrokerTimeout:     cfg.BrokerTimeout,
+		MaxMessageBytes:   cfg.MaxMessageBytes,
+		WriteTimeout:      cfg.WriteTimeout,
+		WriteCoalesce:     cfg.WriteCoalesce,
+		PingInterval:      ping,
+		AuthTimeout:       cfg.AuthTimeout,
+		ClientRate:        cfg.ClientRate,
+		ClientBurst:       cfg.ClientBurst,
+		MaxRoomsPerClient: cfg.MaxRooms,
+		Logger:            log,
+		Registerer:        reg,
+	}
 }
 
 func newBroker(cfg config.Config, origin string, log *slog.Logger, reg prometheus.Registerer) (pubsub.Broker, error) {
@@ -201,7 +224,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, reg prometh
 	go func() { brokerDone <- b.Run(brokerCtx, h) }()
 	go func() { hubDone <- h.Run(hubCtx) }()
 	go func() {
-		if err := httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := httpSrv.Serve(srv.Listener(ln)); !errors.Is(err, http.ErrServerClosed) {
 			httpDone <- fmt.Errorf("http: %w", err)
 			return
 		}

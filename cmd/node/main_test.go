@@ -2,15 +2,25 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"os"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/hubcluster/hubcluster/internal/config"
 	"go.uber.org/goleak"
 )
 
@@ -40,9 +50,206 @@ func TestAddressInUseIsAnError(t *testing.T) {
 	<-done
 }
 
+// An HUB_ variable no setting reads is named in one warning at start; the
+// test harness's and the compose file's are not.
+func TestUnknownVariablesAreWarnedAbout(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs syncBuffer
+	addr, done := startRunLogs(t, ctx, []string{"HUB_MAX_CONECTIONS=10", "HUB_TEST_REDIS_IMAGE=x", "HUB_LB_PORT=1"}, &logs)
+	waitReady(t, "http://"+addr)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	var warnings []string
+	for _, line := range logLines(t, logs.String()) {
+		if line["level"] == "WARN" && strings.Contains(fmt.Sprint(line["msg"]), "unknown") {
+			warnings = append(warnings, fmt.Sprint(line["variables"]))
+		}
+	}
+	if want := []string{"[HUB_MAX_CONECTIONS]"}; !slices.Equal(warnings, want) {
+		t.Errorf("got warnings about %v, want %v", warnings, want)
+	}
+}
+
+// syncBuffer is a bytes.Buffer that a node may write while a test reads.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func logLines(t *testing.T, s string) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for line := range strings.Lines(s) {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// HUB_PING_INTERVAL=0 turns keepalive off, as the README says; the hub reads
+// a zero PingInterval as its default.
+func TestHubConfigPingInterval(t *testing.T) {
+	tests := []struct {
+		env  string
+		want time.Duration
+	}{
+		{"HUB_PING_INTERVAL=0", -1},
+		{"HUB_PING_INTERVAL=0s", -1},
+		{"HUB_PING_INTERVAL=3s", 3 * time.Second},
+		{"HUB_NODE_ID=x", 25 * time.Second},
+	}
+	for _, tt := range tests {
+		cfg, err := config.Load([]string{tt.env})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := hubConfig(cfg, "o", nil, nil).PingInterval; got != tt.want {
+			t.Errorf("%s: got PingInterval %v, want %v", tt.env, got, tt.want)
+		}
+	}
+}
+
+// Out of the box the HTTP server bounds plain requests and the connections
+// that are not WebSockets.
+func TestServerConfigDefaults(t *testing.T) {
+	cfg, err := config.Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := serverConfig(cfg, nil, nil, nil)
+	if got.ReadTimeout != 10*time.Second || got.WriteTimeout != 20*time.Second ||
+		got.MaxHTTPConnections != 1024 || got.MaxHTTPConnectionsPerIP != 256 {
+		t.Errorf("got ReadTimeout %v, WriteTimeout %v, MaxHTTPConnections %d, MaxHTTPConnectionsPerIP %d; want 10s, 20s, 1024, 256",
+			got.ReadTimeout, got.WriteTimeout, got.MaxHTTPConnections, got.MaxHTTPConnectionsPerIP)
+	}
+}
+
+// A request that declares a body and never sends it does not hold its
+// connection past HUB_HTTP_READ_TIMEOUT.
+func TestSlowBodyIsCut(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	addr, done := startRun(t, ctx, []string{"HUB_HTTP_READ_TIMEOUT=200ms"})
+	defer func() { cancel(); <-done }()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "POST /v1/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"r")
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.ReadAll(conn)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatal("the node kept a half-sent body open for 10s")
+	}
+}
+
+// Running out of file descriptors is a warning in the node's log, not a
+// debug line: accept failures go through a logging listener.
+func TestAcceptFailuresAreWarnedAbout(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs syncBuffer
+	addr, done := startRunLogs(t, ctx, nil, &logs)
+	defer func() { cancel(); <-done }()
+	waitReady(t, "http://"+addr)
+
+	var saved syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &saved); err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	// Leave this process no descriptor to spare, then dial the node: its
+	// accept fails for want of one.
+	low := saved
+	low.Cur = highestFD(t) + 1
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Skipf("cannot lower RLIMIT_NOFILE: %v", err)
+	}
+	warned := func() bool { return strings.Contains(logs.String(), `"msg":"accept failed"`) }
+	deadline := time.Now().Add(10 * time.Second)
+	d := net.Dialer{Timeout: time.Second} // a full backlog drops connects
+	for !warned() && time.Now().Before(deadline) {
+		c, err := d.Dial("tcp", addr)
+		if err == nil {
+			conns = append(conns, c)
+			continue
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			continue
+		}
+		if !errors.Is(err, syscall.EMFILE) {
+			syscall.Setrlimit(syscall.RLIMIT_NOFILE, &saved)
+			t.Fatalf("dial: %v", err)
+		}
+		// This end took the last descriptor: free one, so that the next
+		// dial's connection waits for an accept that cannot get one.
+		if len(conns) > 0 {
+			conns[0].Close()
+			conns = conns[1:]
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &saved); err != nil {
+		t.Fatal(err)
+	}
+	if !warned() {
+		t.Fatalf("no accept failure warned about in 10s with no descriptor to spare; log:\n%s", logs.String())
+	}
+	for _, line := range logLines(t, logs.String()) {
+		if line["msg"] == "accept failed" && (line["level"] != "WARN" || !strings.Contains(fmt.Sprint(line["err"]), "too many open files")) {
+			t.Errorf("got %v, want a warning naming the error", line)
+		}
+	}
+}
+
+// highestFD is the highest file descriptor this process has open.
+func highestFD(t *testing.T) uint64 {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	var top uint64
+	for _, e := range entries {
+		if n, err := strconv.ParseUint(e.Name(), 10, 64); err == nil && n > top {
+			top = n
+		}
+	}
+	return top
+}
+
 // startRun starts run on a free loopback port and returns its address, read
 // from the start-up log line.
 func startRun(t *testing.T, ctx context.Context, env []string) (string, chan error) {
+	t.Helper()
+	return startRunLogs(t, ctx, env, io.Discard)
+}
+
+// startRunLogs is startRun with the node's log lines copied to logs.
+func startRunLogs(t *testing.T, ctx context.Context, env []string, logs io.Writer) (string, chan error) {
 	t.Helper()
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
@@ -50,11 +257,11 @@ func startRun(t *testing.T, ctx context.Context, env []string) (string, chan err
 		done <- run(ctx, append([]string{"HUB_ADDR=127.0.0.1:0", "HUB_NODE_ID=t", "HUB_DRAIN_DELAY=0s"}, env...), pw)
 		pw.Close()
 	}()
-	sc := bufio.NewScanner(pr)
+	sc := bufio.NewScanner(io.TeeReader(pr, logs))
 	for sc.Scan() {
 		var line struct{ Msg, Addr string }
 		if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "node started" {
-			go io.Copy(io.Discard, pr)
+			go io.Copy(logs, pr)
 			return line.Addr, done
 		}
 	}
@@ -85,6 +292,7 @@ func TestRunServesAndStopsCleanly(t *testing.T) {
 	}
 	req, _ := http.NewRequest("POST", base+"/v1/publish", strings.NewReader(`{"room":"demo","data":"hello"}`))
 	req.Header.Set("Authorization", "Bearer secret")
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil || resp.StatusCode != 202 {
 		t.Fatalf("publish: got %v, %v; want 202", resp, err)

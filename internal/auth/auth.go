@@ -10,7 +10,12 @@
 //	 "subscribe": ["chat:*", "user:{sub}"], "publish": ["chat:*"]}
 //
 // A pattern matches a room name exactly, except that '*' matches any run of
-// characters (none included); "{sub}" stands for the token's subject.
+// characters (none included); "{sub}" stands for the token's subject, taken
+// literally: a '*' in the subject matches only a '*' (which no room name
+// holds), never a run of characters.
+//
+// "exp", "nbf" and "iat" must be JSON numbers when present; a string holding
+// a number is refused.
 package auth
 
 import (
@@ -18,6 +23,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -47,8 +53,8 @@ type Verifier struct {
 type Grant struct {
 	Subject   string
 	Expires   time.Time
-	subscribe []string
-	publish   []string
+	subscribe []pattern
+	publish   []pattern
 }
 
 // New returns a Verifier for cfg.
@@ -117,11 +123,53 @@ func parsePublicKey(pemBytes []byte) (crypto.PublicKey, string, error) {
 	}
 }
 
+// claims are the token's claims. The registered ones are spelled out, not
+// embedded from jwt.RegisteredClaims, so that the time claims decode as
+// strict numbers.
 type claims struct {
-	jwt.RegisteredClaims
-	Subscribe []string `json:"subscribe"`
-	Publish   []string `json:"publish"`
+	Subject   string           `json:"sub"`
+	Issuer    string           `json:"iss"`
+	Audience  jwt.ClaimStrings `json:"aud"`
+	ExpiresAt *numericDate     `json:"exp"`
+	NotBefore *numericDate     `json:"nbf"`
+	IssuedAt  *numericDate     `json:"iat"`
+	Subscribe []string         `json:"subscribe"`
+	Publish   []string         `json:"publish"`
 }
+
+var _ jwt.Claims = claims{}
+
+func (c claims) GetExpirationTime() (*jwt.NumericDate, error) { return c.ExpiresAt.date(), nil }
+func (c claims) GetNotBefore() (*jwt.NumericDate, error)      { return c.NotBefore.date(), nil }
+func (c claims) GetIssuedAt() (*jwt.NumericDate, error)       { return c.IssuedAt.date(), nil }
+func (c claims) GetIssuer() (string, error)                   { return c.Issuer, nil }
+func (c claims) GetSubject() (string, error)                  { return c.Subject, nil }
+func (c claims) GetAudience() (jwt.ClaimStrings, error)       { return c.Audience, nil }
+
+// numericDate is a JWT NumericDate that must be a JSON number: jwt.NumericDate
+// alone also takes a string that holds one ("exp": "1767225600").
+type numericDate struct{ jwt.NumericDate }
+
+// errNotNumber is wrapped by a token whose time claim is not a JSON number.
+var errNotNumber = errors.New("exp, nbf and iat must be JSON numbers")
+
+func (d *numericDate) UnmarshalJSON(b []byte) error {
+	// A JSON number starts with '-' or a digit; whitespace around it is
+	// trimmed by the decoder before this is called. null never gets here.
+	if len(b) == 0 || (b[0] != '-' && (b[0] < '0' || b[0] > '9')) {
+		return errNotNumber
+	}
+	return d.NumericDate.UnmarshalJSON(b)
+}
+
+func (d *numericDate) date() *jwt.NumericDate {
+	if d == nil {
+		return nil
+	}
+	return &d.NumericDate
+}
+
+var _ json.Unmarshaler = (*numericDate)(nil)
 
 // ErrInvalid is wrapped by every rejection; its message says why, never the
 // token.
@@ -138,14 +186,16 @@ func (v *Verifier) Verify(token string) (*Grant, error) {
 		return nil, fmt.Errorf("%w: no sub claim", ErrInvalid)
 	}
 	g := &Grant{Subject: c.Subject, Expires: c.ExpiresAt.Time}
-	g.subscribe = expand(c.Subscribe, c.Subject)
-	g.publish = expand(c.Publish, c.Subject)
+	g.subscribe = compileAll(c.Subscribe, c.Subject)
+	g.publish = compileAll(c.Publish, c.Subject)
 	return g, nil
 }
 
 // reason names a parse failure in a few words.
 func reason(err error) string {
 	switch {
+	case errors.Is(err, errNotNumber):
+		return errNotNumber.Error()
 	case errors.Is(err, jwt.ErrTokenExpired):
 		return "expired"
 	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
@@ -165,23 +215,15 @@ func reason(err error) string {
 	}
 }
 
-func expand(patterns []string, sub string) []string {
-	out := make([]string, 0, len(patterns))
-	for _, p := range patterns {
-		out = append(out, strings.ReplaceAll(p, "{sub}", sub))
-	}
-	return out
-}
-
 // CanSubscribe reports whether the grant allows subscribing to room.
 func (g *Grant) CanSubscribe(room string) bool { return matchAny(g.subscribe, room) }
 
 // CanPublish reports whether the grant allows publishing to room.
 func (g *Grant) CanPublish(room string) bool { return matchAny(g.publish, room) }
 
-func matchAny(patterns []string, room string) bool {
+func matchAny(patterns []pattern, room string) bool {
 	for _, p := range patterns {
-		if Match(p, room) {
+		if p.match(room) {
 			return true
 		}
 	}
@@ -189,29 +231,66 @@ func matchAny(patterns []string, room string) bool {
 }
 
 // Match reports whether room matches pattern, where '*' matches any run of
-// characters and everything else matches itself.
-func Match(pattern, room string) bool {
-	// Iterative glob with backtracking to the last '*': linear in practice.
-	p, r := 0, 0
-	star, mark := -1, 0
-	for r < len(room) {
+// characters and everything else matches itself ("{sub}" included).
+func Match(pattern, room string) bool { return compile(pattern, "", false).match(room) }
+
+// pattern is a compiled grant: the literal runs between its wildcards. A
+// pattern without a wildcard has one part, which must equal the room; with n
+// wildcards it has n+1 parts (empty ones included, as in strings.Split), the
+// first a prefix of the room, the last a suffix, the others found in order in
+// between. Where a literal came from (the grant or the subject) no longer
+// matters once compiled, which is what keeps a subject literal.
+type pattern struct{ parts []string }
+
+func compileAll(raw []string, sub string) []pattern {
+	out := make([]pattern, 0, len(raw))
+	for _, r := range raw {
+		out = append(out, compile(r, sub, true))
+	}
+	return out
+}
+
+// compile splits raw at its '*'s; when substitute is set, each "{sub}" in it
+// becomes sub as literal text, its '*'s included.
+func compile(raw, sub string, substitute bool) pattern {
+	var parts []string
+	var lit strings.Builder
+	for i := 0; i < len(raw); {
 		switch {
-		case p < len(pattern) && pattern[p] == '*':
-			star, mark = p, r
-			p++
-		case p < len(pattern) && pattern[p] == room[r]:
-			p++
-			r++
-		case star >= 0:
-			p = star + 1
-			mark++
-			r = mark
+		case raw[i] == '*':
+			parts = append(parts, lit.String())
+			lit.Reset()
+			i++
+		case substitute && strings.HasPrefix(raw[i:], "{sub}"):
+			lit.WriteString(sub)
+			i += len("{sub}")
 		default:
-			return false
+			lit.WriteByte(raw[i])
+			i++
 		}
 	}
-	for p < len(pattern) && pattern[p] == '*' {
-		p++
+	return pattern{parts: append(parts, lit.String())}
+}
+
+// match reports whether room matches p. Taking each middle part at its
+// leftmost place is correct for wildcards that match any run, so there is no
+// backtracking: the cost is that of the strings.Index calls, about linear in
+// the room's length per part.
+func (p pattern) match(room string) bool {
+	if len(p.parts) == 1 {
+		return room == p.parts[0]
 	}
-	return p == len(pattern)
+	first, last := p.parts[0], p.parts[len(p.parts)-1]
+	if len(room) < len(first)+len(last) || !strings.HasPrefix(room, first) || !strings.HasSuffix(room, last) {
+		return false
+	}
+	rest := room[len(first) : len(room)-len(last)]
+	for _, lit := range p.parts[1 : len(p.parts)-1] {
+		i := strings.Index(rest, lit)
+		if i < 0 {
+			return false
+		}
+		rest = rest[i+len(lit):]
+	}
+	return true
 }

@@ -10,9 +10,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/golang-jwt/jwt/v5"
 )
@@ -93,6 +96,96 @@ func TestVerifyHS256(t *testing.T) {
 		}
 	}
 }
+
+// A subject is substituted for {sub} literally: a '*' in it matches only a
+// '*', never a run of characters.
+func TestSubjectIsLiteral(t *testing.T) {
+	v, err := New(Config{Secret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		sub, grant, room string
+		want             bool
+	}{
+		{"*", "user.{sub}.inbox", "user.admin.inbox", false},
+		{"*", "user.{sub}.inbox", "user.*.inbox", true}, // not a room name, but literal
+		{"u1*", "user.{sub}", "user.u12345", false},
+		{"u1*", "user.{sub}", "user.u1", false},
+		{"u1*", "user.{sub}", "user.u1*", true},
+		{"*", "{sub}", "anything", false},
+		{"u42", "user.{sub}", "user.u42", true},
+		{"u42", "user.{sub}", "user.u43", false},
+		{"u42", "user.{sub}.*", "user.u42.inbox", true},
+		{"u42", "*.{sub}", "team.user.u42", true},
+		{"*", "user.{sub}.*", "user.admin.inbox", false},
+		{"*", "user.{sub}.*", "user.*.inbox", true},
+		{"a*b", "x*{sub}*y", "xQaZZbQy", false},
+		{"a*b", "x*{sub}*y", "xQa*bQy", true},
+		{"{sub}", "r.{sub}", "r.{sub}", true}, // a subject is not expanded again
+	}
+	for _, tt := range tests {
+		c := valid()
+		c["sub"], c["subscribe"], c["publish"] = tt.sub, []string{tt.grant}, []string{tt.grant}
+		g, err := v.Verify(sign(t, jwt.SigningMethodHS256, []byte(secret), c))
+		if err != nil {
+			t.Fatalf("sub %q: %v", tt.sub, err)
+		}
+		if got := g.CanSubscribe(tt.room); got != tt.want {
+			t.Errorf("sub %q, grant %q: CanSubscribe(%q): got %v, want %v", tt.sub, tt.grant, tt.room, got, tt.want)
+		}
+		if got := g.CanPublish(tt.room); got != tt.want {
+			t.Errorf("sub %q, grant %q: CanPublish(%q): got %v, want %v", tt.sub, tt.grant, tt.room, got, tt.want)
+		}
+	}
+}
+
+// exp, nbf and iat must be JSON numbers; golang-jwt on its own also takes a
+// string holding a number.
+func TestTimeClaimsMustBeNumbers(t *testing.T) {
+	v, err := New(Config{Secret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := time.Now().Add(time.Hour).Unix()
+	past := time.Now().Add(-time.Minute).Unix()
+	tests := []struct {
+		name  string
+		claim string
+		value any
+		ok    bool
+	}{
+		{"exp number", "exp", exp, true},
+		{"exp fraction", "exp", float64(exp) + 0.5, true},
+		{"exp string", "exp", strconv.FormatInt(exp, 10), false},
+		{"exp null", "exp", jsonNull{}, false},
+		{"exp bool", "exp", true, false},
+		{"exp object", "exp", map[string]any{"n": exp}, false},
+		{"nbf number", "nbf", past, true},
+		{"nbf string", "nbf", strconv.FormatInt(past, 10), false},
+		{"iat number", "iat", past, true},
+		{"iat string", "iat", strconv.FormatInt(past, 10), false},
+		{"iat array", "iat", []int64{past}, false},
+	}
+	for _, tt := range tests {
+		c := valid()
+		delete(c, "aud")
+		delete(c, "iss")
+		c[tt.claim] = tt.value
+		if _, ok := tt.value.(jsonNull); ok {
+			c[tt.claim] = nil
+		}
+		_, err := v.Verify(sign(t, jwt.SigningMethodHS256, []byte(secret), c))
+		if got := err == nil; got != tt.ok {
+			t.Errorf("%s: got err %v, want accepted %v", tt.name, err, tt.ok)
+		}
+		if err != nil && !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: got %v, want ErrInvalid", tt.name, err)
+		}
+	}
+}
+
+type jsonNull struct{}
 
 func writePEM(t *testing.T, pub any) string {
 	t.Helper()
@@ -184,13 +277,57 @@ func FuzzVerify(f *testing.F) {
 func FuzzMatch(f *testing.F) {
 	f.Add("chat:*", "chat:1")
 	f.Add("*a*b*", "xaybz")
+	f.Add("a*a*a*b", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab")
+	f.Add("a*b*a", "aba")
 	f.Fuzz(func(t *testing.T, pattern, room string) {
 		if len(pattern) > 64 || len(room) > 256 {
 			return
 		}
-		Match(pattern, room)
-		if !strings.Contains(pattern, "*") && Match(pattern, room) != (pattern == room) {
+		got := Match(pattern, room)
+		if !strings.Contains(pattern, "*") && got != (pattern == room) {
 			t.Fatalf("Match(%q, %q) without '*' is not equality", pattern, room)
+		}
+		if !utf8.ValidString(pattern) || !utf8.ValidString(room) {
+			return // the regular expression reads runes
+		}
+		if want := globRegexp(pattern).MatchString(room); got != want {
+			t.Fatalf("Match(%q, %q): got %v, want %v (as a regular expression)", pattern, room, got, want)
+		}
+	})
+}
+
+// globRegexp is pattern as a regular expression: the reference Match is
+// checked against.
+func globRegexp(pattern string) *regexp.Regexp {
+	parts := strings.Split(pattern, "*")
+	for i, p := range parts {
+		parts[i] = regexp.QuoteMeta(p)
+	}
+	return regexp.MustCompile(`(?s)\A` + strings.Join(parts, ".*") + `\z`)
+}
+
+// FuzzSubject: with a grant holding {sub} and no wildcard, the only room it
+// opens is the one named by the subject, whatever the subject holds.
+func FuzzSubject(f *testing.F) {
+	v, err := New(Config{Secret: secret})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add("*", "user.admin.inbox")
+	f.Add("u1*", "user.u12345.inbox")
+	f.Add("u42", "user.u42.inbox")
+	f.Fuzz(func(t *testing.T, sub, room string) {
+		if sub == "" || len(sub) > 64 || len(room) > 256 {
+			return
+		}
+		c := valid()
+		c["sub"], c["subscribe"] = sub, []string{"user.{sub}.inbox"}
+		g, err := v.Verify(sign(t, jwt.SigningMethodHS256, []byte(secret), c))
+		if err != nil {
+			return // a subject JSON cannot carry as given (invalid UTF-8)
+		}
+		if got, want := g.CanSubscribe(room), room == "user."+g.Subject+".inbox"; got != want {
+			t.Fatalf("sub %q: CanSubscribe(%q): got %v, want %v", sub, room, got, want)
 		}
 	})
 }

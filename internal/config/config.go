@@ -5,14 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"net/url"
 	"os"
+	"path"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+	"unicode"
 
 	"github.com/caarlos0/env/v11"
 )
@@ -54,6 +59,57 @@ type Config struct {
 	MaxConnsPerIP    int           `env:"HUB_MAX_CONNECTIONS_PER_IP" envDefault:"0"`
 	TrustedProxyList []string      `env:"HUB_TRUSTED_PROXIES" envSeparator:","`
 	PingInterval     time.Duration `env:"HUB_PING_INTERVAL" envDefault:"25s"`
+
+	HTTPReadTimeout   time.Duration `env:"HUB_HTTP_READ_TIMEOUT" envDefault:"10s"`
+	MaxHTTPConns      int           `env:"HUB_MAX_HTTP_CONNECTIONS" envDefault:"1024"`
+	MaxHTTPConnsPerIP int           `env:"HUB_MAX_HTTP_CONNECTIONS_PER_IP" envDefault:"256"`
+}
+
+// setting is one HUB_ variable of Config, read from its struct tags.
+type setting struct {
+	name   string
+	def    string
+	hasDef bool
+}
+
+// settings lists Config's variables.
+var settings = sync.OnceValue(func() []setting {
+	var out []setting
+	t := reflect.TypeFor[Config]()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+		if name == "" {
+			continue
+		}
+		def, hasDef := f.Tag.Lookup("envDefault")
+		out = append(out, setting{name: name, def: def, hasDef: hasDef})
+	}
+	return out
+})
+
+// notSettings are HUB_ variables that are not the node's, and not typos:
+// the test harness's (HUB_TEST_*) and the compose file's.
+var notSettings = []string{"HUB_LB_BIND", "HUB_LB_PORT"}
+
+// Unknown returns, sorted, the HUB_ variables in environ that no setting
+// reads, such as the typo HUB_MAX_CONECTIONS, which would otherwise be
+// ignored without a word.
+func Unknown(environ []string) []string {
+	known := make(map[string]bool, len(settings()))
+	for _, s := range settings() {
+		known[s.name] = true
+	}
+	var out []string
+	for _, kv := range environ {
+		k, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(k, "HUB_") || known[k] || strings.HasPrefix(k, "HUB_TEST_") || slices.Contains(notSettings, k) {
+			continue
+		}
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // Load parses environ ("KEY=value" pairs, as os.Environ gives) into a Config.
@@ -65,9 +121,24 @@ func Load(environ []string) (Config, error) {
 			vars[k] = v
 		}
 	}
+	// env takes a variable that is set but empty as its default, so an
+	// HUB_ADDR= meant to hold an address listens on every interface. Where
+	// the default is not empty, empty is not a value.
+	var errs []error
+	for _, s := range settings() {
+		if v, ok := vars[s.name]; ok && v == "" && s.def != "" {
+			errs = append(errs, fmt.Errorf("config: %s: set but empty; unset it for the default (%s)", s.name, s.def))
+		}
+	}
+	if len(errs) > 0 {
+		return Config{}, errors.Join(errs...)
+	}
 	var c Config
 	if err := env.ParseWithOptions(&c, env.Options{Environment: vars}); err != nil {
 		return Config{}, nameVariables(err)
+	}
+	for i, o := range c.AllowedOrigins {
+		c.AllowedOrigins[i] = strings.TrimSpace(o)
 	}
 	if c.NodeID == "" {
 		h, err := os.Hostname()
@@ -98,17 +169,18 @@ func (c *Config) validate() error {
 			bad("HUB_REDIS_URL", "want redis://host:port or rediss://host:port")
 		}
 	}
-	if c.RedisPrefix == "" {
-		bad("HUB_REDIS_PREFIX", "must not be empty")
+	if c.RedisPrefix == "" || len(c.RedisPrefix) > 64 || strings.ContainsFunc(c.RedisPrefix, unicode.IsSpace) ||
+		strings.ContainsFunc(c.RedisPrefix, unicode.IsControl) {
+		bad("HUB_REDIS_PREFIX", "must be 1 to 64 characters without spaces or control characters")
 	}
 	if strings.ContainsAny(c.NodeID, "\n\r") || len(c.NodeID) > 255 {
 		bad("HUB_NODE_ID", "must be at most 255 characters on one line")
 	}
-	if c.ProbeInterval <= 0 {
-		bad("HUB_REDIS_PROBE_INTERVAL", "must be positive, e.g. 1s")
+	if c.ProbeInterval < 100*time.Millisecond || c.ProbeInterval > time.Minute {
+		bad("HUB_REDIS_PROBE_INTERVAL", "must be between 100ms and 1m, e.g. 1s")
 	}
-	if c.ProbeTimeout <= c.ProbeInterval {
-		bad("HUB_REDIS_PROBE_TIMEOUT", "must be longer than HUB_REDIS_PROBE_INTERVAL")
+	if c.ProbeTimeout <= c.ProbeInterval || c.ProbeTimeout > 5*time.Minute {
+		bad("HUB_REDIS_PROBE_TIMEOUT", "must be longer than HUB_REDIS_PROBE_INTERVAL, and at most 5m")
 	}
 	if c.MaxMessageBytes < 128 || c.MaxMessageBytes > 64<<20 {
 		bad("HUB_MAX_MESSAGE_BYTES", "%d is outside 128..67108864", c.MaxMessageBytes)
@@ -116,11 +188,14 @@ func (c *Config) validate() error {
 	if c.SendQueue < 1 || c.SendQueue > 1<<20 {
 		bad("HUB_SEND_QUEUE", "%d is outside 1..1048576", c.SendQueue)
 	}
-	if c.SlowTimeout <= 0 {
-		bad("HUB_SLOW_CONSUMER_TIMEOUT", "must be positive, e.g. 5s")
+	if c.SlowTimeout < 10*time.Millisecond || c.SlowTimeout > 10*time.Minute {
+		bad("HUB_SLOW_CONSUMER_TIMEOUT", "must be between 10ms and 10m, e.g. 5s")
 	}
 	if c.SendQueueBytes < 64<<10 || c.SendQueueBytes > 1<<30 {
 		bad("HUB_SEND_QUEUE_BYTES", "%d is outside 65536..1073741824", c.SendQueueBytes)
+	} else if int64(c.SendQueueBytes) < 2*c.MaxMessageBytes {
+		bad("HUB_SEND_QUEUE_BYTES", "%d is less than twice HUB_MAX_MESSAGE_BYTES (%d): one largest message would cut its receivers",
+			c.SendQueueBytes, c.MaxMessageBytes)
 	}
 	if c.HistorySize < 0 || c.HistorySize > 100000 {
 		bad("HUB_HISTORY_SIZE", "%d is outside 0 (off)..100000", c.HistorySize)
@@ -134,23 +209,23 @@ func (c *Config) validate() error {
 	if strings.ContainsAny(c.RedisPrefix, "{}") {
 		bad("HUB_REDIS_PREFIX", "must not contain '{' or '}' (a room's keys share the hash tag {prefix room})")
 	}
-	if c.DrainTimeout <= 0 {
-		bad("HUB_DRAIN_TIMEOUT", "must be positive, e.g. 25s")
+	if c.DrainTimeout < 100*time.Millisecond || c.DrainTimeout > time.Hour {
+		bad("HUB_DRAIN_TIMEOUT", "must be between 100ms and 1h, e.g. 25s")
 	}
 	if c.DrainDelay < 0 || c.DrainDelay >= c.DrainTimeout {
 		bad("HUB_DRAIN_DELAY", "must be 0 or more, and shorter than HUB_DRAIN_TIMEOUT")
 	}
-	if c.ReconnectWindow <= 0 {
-		bad("HUB_RECONNECT_WINDOW", "must be positive, e.g. 5s")
+	if c.ReconnectWindow <= 0 || c.ReconnectWindow > 10*time.Minute {
+		bad("HUB_RECONNECT_WINDOW", "must be positive and at most 10m, e.g. 5s")
 	}
-	if c.WriteTimeout <= 0 {
-		bad("HUB_WRITE_TIMEOUT", "must be positive, e.g. 10s")
+	if c.WriteTimeout < 100*time.Millisecond || c.WriteTimeout > 10*time.Minute {
+		bad("HUB_WRITE_TIMEOUT", "must be between 100ms and 10m, e.g. 10s")
 	}
 	if c.WriteCoalesce < 0 || c.WriteCoalesce > time.Second {
 		bad("HUB_WRITE_COALESCE", "must be between 0 (off) and 1s, e.g. 2ms")
 	}
-	if c.PingInterval < 0 {
-		bad("HUB_PING_INTERVAL", "must be 0 (off) or positive, e.g. 25s")
+	if c.PingInterval != 0 && (c.PingInterval < 100*time.Millisecond || c.PingInterval > time.Hour) {
+		bad("HUB_PING_INTERVAL", "must be 0 (off) or between 100ms and 1h, e.g. 25s")
 	}
 	if _, err := c.Level(); err != nil {
 		bad("HUB_LOG_LEVEL", "%q is not one of debug, info, warn, error", c.LogLevel)
@@ -164,17 +239,18 @@ func (c *Config) validate() error {
 	if c.JWTSecret != "" && len(c.JWTSecret) < 32 {
 		bad("HUB_JWT_SECRET", "must be at least 32 bytes")
 	}
-	if c.AuthTimeout <= 0 {
-		bad("HUB_AUTH_TIMEOUT", "must be positive, e.g. 10s")
+	if c.AuthTimeout < 100*time.Millisecond || c.AuthTimeout > time.Hour {
+		bad("HUB_AUTH_TIMEOUT", "must be between 100ms and 1h, e.g. 10s")
 	}
-	if c.ClientRate < 0 {
-		bad("HUB_CLIENT_RATE", "must be 0 (off) or positive")
+	// NaN fails every comparison: test for the range, not against it.
+	if !(c.ClientRate >= 0 && c.ClientRate <= 1e6) || math.IsInf(c.ClientRate, 0) {
+		bad("HUB_CLIENT_RATE", "%v is not 0 (off) or a rate up to 1000000 per second", c.ClientRate)
 	}
-	if c.ClientBurst < 1 {
-		bad("HUB_CLIENT_BURST", "must be at least 1")
+	if c.ClientBurst < 1 || c.ClientBurst > 1e6 {
+		bad("HUB_CLIENT_BURST", "%d is outside 1..1000000", c.ClientBurst)
 	}
-	if c.MaxRooms < 1 {
-		bad("HUB_MAX_ROOMS_PER_CLIENT", "must be at least 1")
+	if c.MaxRooms < 1 || c.MaxRooms > 100000 {
+		bad("HUB_MAX_ROOMS_PER_CLIENT", "%d is outside 1..100000", c.MaxRooms)
 	}
 	if c.MaxConns < 0 {
 		bad("HUB_MAX_CONNECTIONS", "must be 0 (no limit) or positive")
@@ -182,12 +258,25 @@ func (c *Config) validate() error {
 	if c.MaxConnsPerIP < 0 {
 		bad("HUB_MAX_CONNECTIONS_PER_IP", "must be 0 (no limit) or positive")
 	}
+	if c.HTTPReadTimeout < 100*time.Millisecond || c.HTTPReadTimeout > 10*time.Minute {
+		bad("HUB_HTTP_READ_TIMEOUT", "must be between 100ms and 10m, e.g. 10s")
+	}
+	if c.MaxHTTPConns < 0 {
+		bad("HUB_MAX_HTTP_CONNECTIONS", "must be 0 (no limit) or positive")
+	}
+	if c.MaxHTTPConnsPerIP < 0 {
+		bad("HUB_MAX_HTTP_CONNECTIONS_PER_IP", "must be 0 (no limit) or positive")
+	} else if c.MaxHTTPConns > 0 && c.MaxHTTPConnsPerIP > c.MaxHTTPConns {
+		bad("HUB_MAX_HTTP_CONNECTIONS_PER_IP", "%d is more than HUB_MAX_HTTP_CONNECTIONS (%d)", c.MaxHTTPConnsPerIP, c.MaxHTTPConns)
+	}
 	if _, err := c.TrustedProxies(); err != nil {
 		bad("HUB_TRUSTED_PROXIES", "%v", err)
 	}
 	for _, o := range c.AllowedOrigins {
-		if strings.TrimSpace(o) == "" {
+		if o == "" {
 			bad("HUB_ALLOWED_ORIGINS", "has an empty pattern")
+		} else if _, err := path.Match(o, ""); err != nil {
+			bad("HUB_ALLOWED_ORIGINS", "%q is not a path.Match pattern", o)
 		}
 	}
 	return errors.Join(errs...)

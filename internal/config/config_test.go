@@ -1,6 +1,7 @@
 package config
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,10 @@ func TestDefaults(t *testing.T) {
 	if c.Addr != ":8080" || c.MaxMessageBytes != 65536 || c.SendQueue != 256 || c.DrainTimeout != 25*time.Second ||
 		c.LogLevel != "info" || c.LogFormat != "json" || c.RedisURL != "" || c.RedisPrefix != "hub:" || c.NodeID == "" {
 		t.Errorf("got %+v, want the DESIGN.md defaults", c)
+	}
+	if c.ProbeInterval != time.Second || c.ClientRate != 100 || c.PingInterval != 25*time.Second ||
+		c.HTTPReadTimeout != 10*time.Second || c.MaxHTTPConns != 1024 || c.MaxHTTPConnsPerIP != 256 {
+		t.Errorf("got %+v, want the README defaults", c)
 	}
 }
 
@@ -52,6 +57,7 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"HUB_REDIS_URL=http://127.0.0.1", "HUB_REDIS_URL"},
 		{"HUB_PING_INTERVAL=-1s", "HUB_PING_INTERVAL"},
 		{"HUB_ALLOWED_ORIGINS=a,,b", "HUB_ALLOWED_ORIGINS"},
+		{"HUB_ALLOWED_ORIGINS=app.example.com,[", "HUB_ALLOWED_ORIGINS"},
 		{"HUB_JWT_SECRET=short", "HUB_JWT_SECRET"},
 		{"HUB_CLIENT_RATE=fast", "HUB_CLIENT_RATE"},
 		{"HUB_CLIENT_BURST=0", "HUB_CLIENT_BURST"},
@@ -60,6 +66,38 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"HUB_MAX_CONNECTIONS_PER_IP=x", "HUB_MAX_CONNECTIONS_PER_IP"},
 		{"HUB_TRUSTED_PROXIES=10.0.0.0/8,bogus", "HUB_TRUSTED_PROXIES"},
 		{"HUB_AUTH_TIMEOUT=0s", "HUB_AUTH_TIMEOUT"},
+		// Values that parse but start a broken node.
+		{"HUB_CLIENT_RATE=NaN", "HUB_CLIENT_RATE"},
+		{"HUB_CLIENT_RATE=Inf", "HUB_CLIENT_RATE"},
+		{"HUB_CLIENT_RATE=+Inf", "HUB_CLIENT_RATE"},
+		{"HUB_CLIENT_RATE=-Inf", "HUB_CLIENT_RATE"},
+		{"HUB_CLIENT_RATE=1e300", "HUB_CLIENT_RATE"},
+		{"HUB_CLIENT_BURST=2000000000", "HUB_CLIENT_BURST"},
+		{"HUB_REDIS_PROBE_INTERVAL=1ns", "HUB_REDIS_PROBE_INTERVAL"},
+		{"HUB_REDIS_PROBE_INTERVAL=99ms", "HUB_REDIS_PROBE_INTERVAL"},
+		{"HUB_REDIS_PROBE_TIMEOUT=1h", "HUB_REDIS_PROBE_TIMEOUT"},
+		{"HUB_PING_INTERVAL=1ns", "HUB_PING_INTERVAL"},
+		{"HUB_WRITE_TIMEOUT=1ns", "HUB_WRITE_TIMEOUT"},
+		{"HUB_AUTH_TIMEOUT=1ns", "HUB_AUTH_TIMEOUT"},
+		{"HUB_SLOW_CONSUMER_TIMEOUT=1ns", "HUB_SLOW_CONSUMER_TIMEOUT"},
+		{"HUB_RECONNECT_WINDOW=1000h", "HUB_RECONNECT_WINDOW"},
+		{"HUB_DRAIN_TIMEOUT=1000h", "HUB_DRAIN_TIMEOUT"},
+		{"HUB_SEND_QUEUE_BYTES=65536", "HUB_SEND_QUEUE_BYTES"}, // one largest message would cut its receivers
+		{"HUB_MAX_ROOMS_PER_CLIENT=10000000", "HUB_MAX_ROOMS_PER_CLIENT"},
+		{"HUB_REDIS_PREFIX=a b", "HUB_REDIS_PREFIX"},
+		{"HUB_HTTP_READ_TIMEOUT=1ns", "HUB_HTTP_READ_TIMEOUT"},
+		{"HUB_HTTP_READ_TIMEOUT=soon", "HUB_HTTP_READ_TIMEOUT"},
+		{"HUB_MAX_HTTP_CONNECTIONS=-1", "HUB_MAX_HTTP_CONNECTIONS"},
+		{"HUB_MAX_HTTP_CONNECTIONS_PER_IP=-1", "HUB_MAX_HTTP_CONNECTIONS_PER_IP"},
+		{"HUB_MAX_HTTP_CONNECTIONS_PER_IP=2000", "HUB_MAX_HTTP_CONNECTIONS_PER_IP"}, // more than the node's 1024
+		// Set but empty, where empty is not a value: the default would be
+		// taken silently (an empty HUB_ADDR listened on every interface).
+		{"HUB_ADDR=", "HUB_ADDR"},
+		{"HUB_LOG_LEVEL=", "HUB_LOG_LEVEL"},
+		{"HUB_SEND_QUEUE=", "HUB_SEND_QUEUE"},
+		{"HUB_DRAIN_TIMEOUT=", "HUB_DRAIN_TIMEOUT"},
+		{"HUB_CLIENT_RATE=", "HUB_CLIENT_RATE"},
+		{"HUB_REDIS_PREFIX=", "HUB_REDIS_PREFIX"},
 	}
 	for _, tt := range tests {
 		_, err := Load([]string{tt.env})
@@ -70,6 +108,43 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		if !strings.Contains(err.Error(), tt.wantVar) {
 			t.Errorf("Load(%s): got %q, want it to name %s", tt.env, err, tt.wantVar)
 		}
+	}
+}
+
+// Settings whose default is empty take an empty value as that default: the
+// compose file passes HUB_API_KEY=${HUB_API_KEY:-}.
+func TestEmptyMeansDefaultWhereTheDefaultIsEmpty(t *testing.T) {
+	for _, e := range []string{"HUB_API_KEY=", "HUB_JWT_SECRET=", "HUB_JWT_PUBLIC_KEY_FILE=", "HUB_REDIS_URL=",
+		"HUB_ALLOWED_ORIGINS=", "HUB_TRUSTED_PROXIES=", "HUB_NODE_ID=", "HUB_JWT_AUDIENCE=", "HUB_JWT_ISSUER="} {
+		if _, err := Load([]string{e}); err != nil {
+			t.Errorf("Load(%s): got %v, want nil", e, err)
+		}
+	}
+}
+
+func TestUnknown(t *testing.T) {
+	got := Unknown([]string{
+		"HUB_MAX_CONECTIONS=10", "HUB_ADDR=:1", "HUB_TEST_REDIS_IMAGE=x", "HUB_TEST_INTEGRATION=1",
+		"HUB_LB_BIND=127.0.0.1", "HUB_LB_PORT=8080", "PATH=/bin", "HUB_adr=x", "HUB_ZZZ", "HUB_API_KEY=",
+	})
+	want := []string{"HUB_MAX_CONECTIONS", "HUB_ZZZ", "HUB_adr"}
+	if !slices.Equal(got, want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	if got := Unknown(nil); len(got) != 0 {
+		t.Errorf("no environment: got %v, want none", got)
+	}
+}
+
+// "a.example, b.example" means two patterns, not one with a space in front
+// that no origin matches.
+func TestAllowedOriginsAreTrimmed(t *testing.T) {
+	c, err := Load([]string{"HUB_ALLOWED_ORIGINS=example.com, *.example.org ,https://app.example.net"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"example.com", "*.example.org", "https://app.example.net"}; !slices.Equal(c.AllowedOrigins, want) {
+		t.Errorf("got %q, want %q", c.AllowedOrigins, want)
 	}
 }
 

@@ -91,3 +91,77 @@ func (l *connLimits) release(ip netip.Addr) {
 		}
 	}
 }
+
+// httpConns counts the connections the HTTP server holds that are not
+// WebSockets, in all and per peer address, as http.Server.ConnState reports
+// them: a connection is counted from StateNew until it is hijacked (it became
+// a WebSocket, which connLimits counts) or closed. Peers in exempt (trusted
+// proxies, which carry many clients) have no per-address share.
+type httpConns struct {
+	max, maxPerIP int // 0: no limit
+	exempt        []netip.Prefix
+
+	mu    sync.Mutex
+	open  map[net.Conn]netip.Addr // the counted connections and their peers
+	perIP map[netip.Addr]int
+}
+
+// Reasons a connection is refused.
+const (
+	refusedHTTPTotal = "max_http_connections"
+	refusedHTTPPerIP = "max_http_connections_per_ip"
+)
+
+func newHTTPConns(max, maxPerIP int, exempt []netip.Prefix) *httpConns {
+	return &httpConns{max: max, maxPerIP: maxPerIP, exempt: exempt,
+		open: make(map[net.Conn]netip.Addr), perIP: make(map[netip.Addr]int)}
+}
+
+// admit counts c and returns "", or the reason it is refused, uncounted.
+func (l *httpConns) admit(c net.Conn, peer netip.Addr) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.max > 0 && len(l.open) >= l.max {
+		return refusedHTTPTotal
+	}
+	shared := l.maxPerIP > 0 && !isTrusted(peer, l.exempt)
+	if shared && l.perIP[peer] >= l.maxPerIP {
+		return refusedHTTPPerIP
+	}
+	l.open[c] = peer
+	l.perIP[peer]++
+	return ""
+}
+
+// done stops counting c; a connection never counted is ignored.
+func (l *httpConns) done(c net.Conn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	peer, ok := l.open[c]
+	if !ok {
+		return
+	}
+	delete(l.open, c)
+	if l.perIP[peer]--; l.perIP[peer] <= 0 {
+		delete(l.perIP, peer)
+	}
+}
+
+func (l *httpConns) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.open)
+}
+
+// peerAddr is the address c comes from (the socket's peer: nothing of the
+// request has been read yet).
+func peerAddr(c net.Conn) netip.Addr {
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return ta.AddrPort().Addr().Unmap()
+	}
+	ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}

@@ -98,3 +98,62 @@ func TestConnectionLimits(t *testing.T) {
 		t.Fatal("the slot of a closed connection never came back")
 	})
 }
+
+// A flood of refused upgrades writes one log line, not one per refusal (the
+// summary of the rest comes when the interval ends).
+func TestRefusalLogsAreThrottled(t *testing.T) {
+	tests := []struct {
+		name   string
+		cfg    Config
+		hold   bool // keep one WebSocket open first
+		origin string
+		plain  bool // a GET /ws that is not an upgrade
+		want   int
+	}{
+		{name: "node at HUB_MAX_CONNECTIONS", cfg: Config{MaxConnections: 1}, hold: true, want: 503},
+		{name: "IP at HUB_MAX_CONNECTIONS_PER_IP", cfg: Config{MaxConnectionsPerIP: 1}, hold: true, want: 429},
+		{name: "foreign origin", origin: "http://evil.example.net", want: 403},
+		{name: "not an upgrade", plain: true, want: 426},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var logs logBuffer
+			tt.cfg.Logger = logs.logger()
+			n := startNode(t, tt.cfg, true)
+			if tt.hold {
+				if got, _ := dialWith(t, n, ""); got != 101 {
+					t.Fatalf("first connection: got %d, want 101", got)
+				}
+			}
+			for i := range 20 {
+				var got int
+				if tt.plain {
+					resp, err := http.Get(n.url + "/ws")
+					if err != nil {
+						t.Fatal(err)
+					}
+					resp.Body.Close()
+					got = resp.StatusCode
+				} else {
+					h := http.Header{}
+					if tt.origin != "" {
+						h.Set("Origin", tt.origin)
+					}
+					c, resp, err := websocket.Dial(context.Background(), "ws"+strings.TrimPrefix(n.url, "http")+"/ws", &websocket.DialOptions{HTTPHeader: h})
+					if err == nil {
+						c.CloseNow()
+					}
+					if resp != nil {
+						got = resp.StatusCode
+					}
+				}
+				if got != tt.want {
+					t.Fatalf("attempt %d: got HTTP %d, want %d", i, got, tt.want)
+				}
+			}
+			if got := logs.lines(t, "upgrade refused"); len(got) != 1 {
+				t.Errorf("got %d log lines for 20 refusals, want 1: %v", len(got), got)
+			}
+		})
+	}
+}

@@ -7,8 +7,11 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"mime"
+	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -51,8 +54,25 @@ type Config struct {
 	Gatherer prometheus.Gatherer
 	Logger   *slog.Logger
 	// ReadHeaderTimeout bounds how long a client may take to send its request
-	// headers (default 5s).
+	// headers (default 5s, and at most ReadTimeout).
 	ReadHeaderTimeout time.Duration
+	// ReadTimeout bounds how long a client may take to send a whole plain
+	// request, headers and body (default 10s); WriteTimeout bounds the time
+	// from the end of its headers to the end of the response (default
+	// ReadTimeout + 30s): it must leave room for the slowest handler, a
+	// publish waiting for the broker. Neither binds a WebSocket once it is
+	// upgraded.
+	ReadTimeout, WriteTimeout time.Duration
+	// MaxHTTPConnections bounds the node's connections that are not
+	// WebSockets: plain requests, idle keep-alives, upgrades in progress.
+	// Beyond it a new connection gets 503 and is closed before any request
+	// is read. 0: no limit.
+	MaxHTTPConnections int
+	// MaxHTTPConnectionsPerIP bounds the share of them one peer address may
+	// hold (beyond it, 429 and closed), so that one client cannot take them
+	// all; peers in TrustedProxies, which carry many clients, are exempt.
+	// 0: no limit.
+	MaxHTTPConnectionsPerIP int
 	// MaxConnections bounds the WebSocket connections of the node: beyond it
 	// upgrades get 503 before any WebSocket work. 0: no limit.
 	MaxConnections int
@@ -74,6 +94,35 @@ type Server struct {
 	limits   connLimits
 	refused  *prometheus.CounterVec
 	sessions sync.WaitGroup // one per WebSocket connection being served
+	logs     refusalLogs
+
+	httpConns      *httpConns
+	httpRefused    *prometheus.CounterVec
+	acceptFailures prometheus.Counter
+}
+
+// refusalLogs throttle the log lines of refusals, which a client can cause
+// at will: one per kind and interval, with the count of the rest.
+type refusalLogs struct {
+	maxConns, maxConnsPerIP, origin, handshake, publishOrigin *logThrottle
+	httpConns, httpConnsPerIP, accept                         *logThrottle
+}
+
+func newRefusalLogs(log *slog.Logger) refusalLogs {
+	return refusalLogs{
+		maxConns:      newLogThrottle(log, slog.LevelWarn, "upgrade refused: node at HUB_MAX_CONNECTIONS", refusalLogInterval),
+		maxConnsPerIP: newLogThrottle(log, slog.LevelInfo, "upgrade refused: client IP at HUB_MAX_CONNECTIONS_PER_IP", refusalLogInterval),
+		origin:        newLogThrottle(log, slog.LevelInfo, "upgrade refused: origin not allowed", refusalLogInterval),
+		handshake:     newLogThrottle(log, slog.LevelInfo, "upgrade refused", refusalLogInterval),
+		publishOrigin: newLogThrottle(log, slog.LevelInfo, "publish refused: origin not allowed", refusalLogInterval),
+		httpConns: newLogThrottle(log, slog.LevelWarn,
+			"connection refused: node at HUB_MAX_HTTP_CONNECTIONS (connections that are not WebSockets)", refusalLogInterval),
+		httpConnsPerIP: newLogThrottle(log, slog.LevelInfo,
+			"connection refused: peer address at HUB_MAX_HTTP_CONNECTIONS_PER_IP", refusalLogInterval),
+		// Accept fails when the process is out of file descriptors ("too many
+		// open files"); http.Server retries, and says so only at debug.
+		accept: newLogThrottle(log, slog.LevelWarn, "accept failed", refusalLogInterval),
+	}
 }
 
 // New returns a Server for h.
@@ -84,17 +133,36 @@ func New(cfg Config, h Hub) *Server {
 	if cfg.Gatherer == nil {
 		cfg.Gatherer = prometheus.DefaultGatherer
 	}
+	if cfg.ReadTimeout <= 0 {
+		cfg.ReadTimeout = 10 * time.Second
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = cfg.ReadTimeout + 30*time.Second
+	}
 	if cfg.ReadHeaderTimeout <= 0 {
 		cfg.ReadHeaderTimeout = 5 * time.Second
 	}
+	cfg.ReadHeaderTimeout = min(cfg.ReadHeaderTimeout, cfg.ReadTimeout)
 	s := &Server{cfg: cfg, hub: h, log: cfg.Logger.With("component", "server"), mux: http.NewServeMux(),
 		limits: connLimits{max: cfg.MaxConnections, maxPerIP: cfg.MaxConnectionsPerIP},
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hub_upgrades_refused_total", Help: "WebSocket upgrades refused before any WebSocket work, by reason.",
 		}, []string{"reason"}),
 	}
+	s.logs = newRefusalLogs(s.log)
+	s.httpConns = newHTTPConns(cfg.MaxHTTPConnections, cfg.MaxHTTPConnectionsPerIP, cfg.TrustedProxies)
+	s.httpRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hub_http_connections_refused_total",
+		Help: "Connections closed before any request was read, at HUB_MAX_HTTP_CONNECTIONS or HUB_MAX_HTTP_CONNECTIONS_PER_IP, by reason.",
+	}, []string{"reason"})
+	s.acceptFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "hub_accept_failures_total", Help: "Failed accepts on the listener, such as for want of file descriptors.",
+	})
+	httpConnsGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "hub_http_connections", Help: "Open connections that are not WebSockets: plain requests, idle keep-alives, upgrades in progress.",
+	}, func() float64 { return float64(s.httpConns.count()) })
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(s.refused)
+		cfg.Registerer.MustRegister(s.refused, s.httpRefused, s.acceptFailures, httpConnsGauge)
 	}
 	s.mux.HandleFunc("GET /ws", s.serveWS)
 	s.mux.HandleFunc("POST /v1/publish", s.servePublish)
@@ -110,16 +178,83 @@ func New(cfg Config, h Hub) *Server {
 // ServeHTTP routes r.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
-// HTTPServer returns an http.Server for s with timeouts that keep a half-sent
-// request from holding a connection open.
+// HTTPServer returns an http.Server for s. Its timeouts keep a half-sent
+// request (headers or body) from holding a connection open, and its
+// ConnState hook bounds the connections that are not WebSockets; a WebSocket
+// is bound by neither once upgraded (net/http, and hub.Accept again, clear
+// the deadlines of a connection that is taken over). Serve it on
+// Listener(ln).
 func (s *Server) HTTPServer() *http.Server {
 	return &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
+		ReadTimeout:       s.cfg.ReadTimeout,
+		WriteTimeout:      s.cfg.WriteTimeout,
 		MaxHeaderBytes:    16 << 10,
 		IdleTimeout:       60 * time.Second,
+		ConnState:         s.connState,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
+}
+
+// connState counts the HTTP server's connections that are not WebSockets,
+// and refuses one beyond the limits. It runs on the server's accept loop
+// for StateNew, so it never blocks: the refusal is a short write to a
+// fresh socket, with a deadline, and a close.
+func (s *Server) connState(c net.Conn, state http.ConnState) {
+	switch state {
+	case http.StateNew:
+		peer := peerAddr(c)
+		reason := s.httpConns.admit(c, peer)
+		if reason == "" {
+			return
+		}
+		s.httpRefused.WithLabelValues(reason).Inc()
+		status, code, msg := http.StatusServiceUnavailable, wire.CodeUnavailable, "node is at its connection limit"
+		if reason == refusedHTTPPerIP {
+			s.logs.httpConnsPerIP.Log("ip", peer.String())
+			status, code, msg = http.StatusTooManyRequests, wire.CodeRateLimited, "too many connections from this address"
+		} else {
+			s.logs.httpConns.Log("ip", peer.String())
+		}
+		refuseConn(c, status, code, msg)
+	case http.StateHijacked, http.StateClosed:
+		s.httpConns.done(c)
+	}
+}
+
+// refuseConn answers c with status and closes it, before reading anything:
+// the client reads the answer if it reads before the close resets the
+// connection, and a closed connection otherwise.
+func refuseConn(c net.Conn, status int, code, message string) {
+	body, _ := json.Marshal(map[string]string{"code": code, "message": message})
+	c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s",
+		status, http.StatusText(status), len(body), body)
+	c.Close()
+}
+
+// Listener returns ln with its accept failures logged at warn (throttled)
+// and counted. http.Server retries such a failure with a backoff, and logs
+// it only at debug: running out of file descriptors ("too many open files")
+// would pass unnoticed.
+func (s *Server) Listener(ln net.Listener) net.Listener {
+	return &loggedListener{Listener: ln, log: s.logs.accept, failures: s.acceptFailures}
+}
+
+type loggedListener struct {
+	net.Listener
+	log      *logThrottle
+	failures prometheus.Counter
+}
+
+func (l *loggedListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		l.failures.Inc()
+		l.log.Log("addr", l.Addr().String(), "err", err)
+	}
+	return c, err
 }
 
 // SetDraining marks the node as draining: /readyz answers 503 and new
@@ -159,29 +294,38 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, wire.CodeUnavailable, "node not ready: "+err.Error())
 		return
 	}
+	if err := checkOrigin(r, s.cfg.AllowedOrigins); err != nil {
+		s.refused.WithLabelValues("origin").Inc()
+		s.logs.origin.Log("ip", ip.String(), "err", err)
+		writeError(w, http.StatusForbidden, wire.CodeForbidden, "origin not allowed")
+		return
+	}
 	switch s.limits.acquire(ip) {
 	case http.StatusServiceUnavailable:
 		s.refused.WithLabelValues("max_connections").Inc()
-		s.log.Warn("upgrade refused: node at HUB_MAX_CONNECTIONS", "ip", ip.String())
+		s.logs.maxConns.Log("ip", ip.String())
 		writeError(w, http.StatusServiceUnavailable, wire.CodeUnavailable, "node is at its connection limit")
 		return
 	case http.StatusTooManyRequests:
 		s.refused.WithLabelValues("max_connections_per_ip").Inc()
-		s.log.Info("upgrade refused: client IP at HUB_MAX_CONNECTIONS_PER_IP", "ip", ip.String())
+		s.logs.maxConnsPerIP.Log("ip", ip.String())
 		writeError(w, http.StatusTooManyRequests, wire.CodeRateLimited, "too many connections from this address")
 		return
 	}
 	conn, err := hub.Accept(w, r, &websocket.AcceptOptions{
-		OriginPatterns: s.cfg.AllowedOrigins,
+		// checkOrigin above has decided, with the same rules that POST
+		// /v1/publish uses; this turns off only Accept's own copy of them.
+		InsecureSkipVerify: true,
 		// Compression stays off: it costs tens of KiB per connection, and
 		// compressing secrets next to attacker-chosen text leaks them
 		// (CRIME/BREACH).
 		CompressionMode: websocket.CompressionDisabled,
 	})
 	if err != nil {
-		// Accept has written the HTTP error (403 for a foreign origin).
+		// Accept has written the HTTP error (426 for a request that is not
+		// an upgrade).
 		s.refused.WithLabelValues("handshake").Inc()
-		s.log.Info("upgrade refused", "ip", ip.String(), "err", err)
+		s.logs.handshake.Log("ip", ip.String(), "err", err)
 		s.limits.release(ip)
 		return
 	}
@@ -210,10 +354,23 @@ func (s *Server) Wait(ctx context.Context) error {
 	}
 }
 
+// servePublish serves POST /v1/publish. A web page must not be able to
+// publish through a browser that can reach the node: a foreign Origin gets
+// 403, and a body that is not declared application/json gets 415, since
+// only such a request needs a CORS preflight, which this server never grants.
 func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
+	if err := checkOrigin(r, s.cfg.AllowedOrigins); err != nil {
+		s.logs.publishOrigin.Log("ip", clientIP(r, s.cfg.TrustedProxies).String(), "err", err)
+		writeError(w, http.StatusForbidden, wire.CodeForbidden, "origin not allowed")
+		return
+	}
 	if s.cfg.APIKey != "" && !s.authorized(r) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="hubcluster"`)
 		writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer key")
+		return
+	}
+	if !isJSON(r.Header) {
+		writeError(w, http.StatusUnsupportedMediaType, wire.CodeBadRequest, "Content-Type must be application/json")
 		return
 	}
 	limit := s.cfg.MaxMessageBytes + 1024
@@ -312,6 +469,17 @@ func (s *Server) serveHistory(w http.ResponseWriter, r *http.Request) {
 		msgs[i] = historyMessage{Offset: m.Offset, Data: m.Data}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"room": room, "epoch": h.Epoch, "offset": h.Top, "messages": msgs})
+}
+
+// isJSON reports whether h declares one Content-Type, application/json,
+// with any parameters (charset=utf-8).
+func isJSON(h http.Header) bool {
+	v := h.Values("Content-Type")
+	if len(v) != 1 {
+		return false
+	}
+	mt, _, err := mime.ParseMediaType(v[0])
+	return err == nil && mt == "application/json"
 }
 
 func (s *Server) authorized(r *http.Request) bool {

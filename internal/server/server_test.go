@@ -123,10 +123,17 @@ func recv(t *testing.T, c *websocket.Conn) map[string]any {
 
 func postPublish(t *testing.T, n *node, key, body string) (int, map[string]any) {
 	t.Helper()
-	req, _ := http.NewRequest("POST", n.url+"/v1/publish", strings.NewReader(body))
+	h := http.Header{"Content-Type": {"application/json"}}
 	if key != "" {
-		req.Header.Set("Authorization", "Bearer "+key)
+		h.Set("Authorization", "Bearer "+key)
 	}
+	return postPublishWith(t, n, h, body)
+}
+
+func postPublishWith(t *testing.T, n *node, h http.Header, body string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", n.url+"/v1/publish", strings.NewReader(body))
+	req.Header = h
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -137,6 +144,53 @@ func postPublish(t *testing.T, n *node, key, body string) (int, map[string]any) 
 		t.Fatalf("POST /v1/publish answered %d with a body that is not JSON: %v", resp.StatusCode, err)
 	}
 	return resp.StatusCode, m
+}
+
+// With no API key, a web page a browser opens must not be able to publish:
+// a form or text/plain POST (which needs no CORS preflight) gets 415, and a
+// foreign Origin 403, by the rules the WebSocket upgrade uses.
+func TestPublishRefusesCrossSiteRequests(t *testing.T) {
+	n := startNode(t, Config{AllowedOrigins: []string{"app.example.com"}}, true)
+	self := "http://" + strings.TrimPrefix(n.url, "http://")
+	tests := []struct {
+		name, contentType, origin string
+		want                      int
+		wantCode                  string
+	}{
+		{"json", "application/json", "", 202, ""},
+		{"json with charset", "application/json; charset=utf-8", "", 202, ""},
+		{"json in capitals", "Application/JSON", "", 202, ""},
+		{"no content type", "", "", 415, "bad_request"},
+		{"text/plain", "text/plain", "", 415, "bad_request"},
+		{"text/plain carrying json", "text/plain; charset=application/json", "", 415, "bad_request"},
+		{"form", "application/x-www-form-urlencoded", "", 415, "bad_request"},
+		{"multipart", "multipart/form-data; boundary=x", "", 415, "bad_request"},
+		{"json prefix", "application/jsonx", "", 415, "bad_request"},
+		{"two types", "application/json, text/plain", "", 415, "bad_request"},
+		{"foreign origin", "application/json", "http://evil.example.net", 403, "forbidden"},
+		{"foreign origin, form", "application/x-www-form-urlencoded", "http://evil.example.net", 403, "forbidden"},
+		{"opaque origin", "application/json", "null", 403, "forbidden"},
+		{"own origin", "application/json", self, 202, ""},
+		{"allowed origin", "application/json", "https://app.example.com", 202, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := http.Header{}
+			if tt.contentType != "" {
+				h.Set("Content-Type", tt.contentType)
+			}
+			if tt.origin != "" {
+				h.Set("Origin", tt.origin)
+			}
+			code, body := postPublishWith(t, n, h, `{"room":"r","data":1}`)
+			if code != tt.want {
+				t.Fatalf("got %d %v, want %d", code, body, tt.want)
+			}
+			if tt.wantCode != "" && body["code"] != tt.wantCode {
+				t.Fatalf("got code %v, want %s", body["code"], tt.wantCode)
+			}
+		})
+	}
 }
 
 // The issue's "done when", over real sockets: two clients in a room both get a
