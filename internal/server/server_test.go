@@ -10,6 +10,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -442,5 +445,43 @@ func TestHistoryEndpoint(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 404 {
 		t.Errorf("history off: got %d, want 404", resp.StatusCode)
+	}
+}
+
+// Every endpoint the server routes is in docs/protocol.md's endpoint table,
+// and every documented endpoint is routed.
+func TestProtocolDocListsEveryEndpoint(t *testing.T) {
+	b, err := os.ReadFile("../../docs/protocol.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, _ := strings.Cut(string(b), "\n## HTTP endpoints\n")
+	section, _, _ = strings.Cut(section, "\n## ")
+	var documented []string
+	for _, line := range strings.Split(section, "\n") {
+		if strings.HasPrefix(line, "| `") {
+			cell := strings.Trim(strings.TrimSpace(strings.Split(line, "|")[1]), "`")
+			path, _, _ := strings.Cut(cell, "?")
+			documented = append(documented, path)
+		}
+	}
+	src, err := os.ReadFile("server.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	routed := regexp.MustCompile(`s\.mux\.Handle(?:Func)?\("([A-Z]+ /[^"]*)"`).FindAllStringSubmatch(string(src), -1)
+	var routes []string
+	for _, m := range routed {
+		routes = append(routes, m[1])
+	}
+	for _, r := range routes {
+		if !slices.Contains(documented, r) {
+			t.Errorf("route %q is not in docs/protocol.md", r)
+		}
+	}
+	for _, d := range documented {
+		if !slices.Contains(routes, d) {
+			t.Errorf("docs/protocol.md documents %q, which the server does not route", d)
+		}
 	}
 }
