@@ -630,3 +630,59 @@ func TestProtocolViolationsCloseWith1002(t *testing.T) {
 		})
 	}
 }
+
+// Adaptive batching: an idle client's message is written at once (no added
+// latency); messages to a client written to a moment ago wait for the
+// flusher's tick and go out together, in order.
+func TestAdaptiveBatching(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n := newTestNode(t, Config{PingInterval: -1})
+		defer n.run()()
+		c := n.dial()
+		c.join("r")
+		frames := make(chan []map[string]any, 1000)
+		go func() {
+			for {
+				objs, err := c.read()
+				if err != nil {
+					close(frames)
+					return
+				}
+				frames <- objs
+			}
+		}()
+		time.Sleep(time.Second) // idle since the subscribe's ack
+		start := time.Now()
+		if _, err := n.hub.Publish(context.Background(), "r", []byte("0"), ""); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		first := <-frames
+		if took := time.Since(start); took != 0 || len(first) != 1 {
+			t.Fatalf("idle client: got %d objects after %v, want the message at once", len(first), took)
+		}
+		// Now busy: 50 messages 100µs apart, all within the hot window of the
+		// previous write.
+		for i := 1; i <= 50; i++ {
+			if _, err := n.hub.Publish(context.Background(), "r", fmt.Appendf(nil, "%d", i), ""); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+		time.Sleep(10 * time.Millisecond)
+		synctest.Wait()
+		got, count := 1, 0
+		for got <= 50 {
+			objs := <-frames
+			count++
+			for _, m := range objs {
+				checkObject(t, m, map[string]any{"type": "message", "data": got})
+				got++
+			}
+		}
+		if count > 15 {
+			t.Errorf("busy client: 50 messages came in %d frames, want them batched (a few per tick)", count)
+		}
+		t.Logf("50 messages 100µs apart to a busy client: %d frames", count)
+	})
+}
