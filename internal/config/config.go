@@ -24,28 +24,28 @@ import (
 
 // Config is every HUB_ setting. The README lists them all.
 type Config struct {
-	Addr            string        `env:"HUB_ADDR" envDefault:":8080"`
-	RedisURL        string        `env:"HUB_REDIS_URL"`
-	RedisPrefix     string        `env:"HUB_REDIS_PREFIX" envDefault:"hub:"`
-	ProbeInterval   time.Duration `env:"HUB_REDIS_PROBE_INTERVAL" envDefault:"1s"`
-	ProbeTimeout    time.Duration `env:"HUB_REDIS_PROBE_TIMEOUT" envDefault:"3s"`
-	NodeID          string        `env:"HUB_NODE_ID"`
-	AllowedOrigins  []string      `env:"HUB_ALLOWED_ORIGINS" envSeparator:","`
-	MaxMessageBytes int64         `env:"HUB_MAX_MESSAGE_BYTES" envDefault:"65536"`
-	SendQueue       int           `env:"HUB_SEND_QUEUE" envDefault:"256"`
-	SlowTimeout     time.Duration `env:"HUB_SLOW_CONSUMER_TIMEOUT" envDefault:"5s"`
-	SendQueueBytes  int           `env:"HUB_SEND_QUEUE_BYTES" envDefault:"1048576"`
-	HistorySize     int           `env:"HUB_HISTORY_SIZE" envDefault:"100"`
-	HistoryTTL      time.Duration `env:"HUB_HISTORY_TTL" envDefault:"5m"`
-	BrokerTimeout   time.Duration `env:"HUB_BROKER_TIMEOUT" envDefault:"5s"`
-	DrainTimeout    time.Duration `env:"HUB_DRAIN_TIMEOUT" envDefault:"25s"`
-	DrainDelay      time.Duration `env:"HUB_DRAIN_DELAY" envDefault:"5s"`
-	ReconnectWindow time.Duration `env:"HUB_RECONNECT_WINDOW" envDefault:"5s"`
-	APIKey          string        `env:"HUB_API_KEY"`
-	LogLevel        string        `env:"HUB_LOG_LEVEL" envDefault:"info"`
-	LogFormat       string        `env:"HUB_LOG_FORMAT" envDefault:"json"`
-	WriteTimeout    time.Duration `env:"HUB_WRITE_TIMEOUT" envDefault:"10s"`
-	WriteCoalesceSpec string      `env:"HUB_WRITE_COALESCE" envDefault:"auto"`
+	Addr              string        `env:"HUB_ADDR" envDefault:":8080"`
+	RedisURL          string        `env:"HUB_REDIS_URL"`
+	RedisPrefix       string        `env:"HUB_REDIS_PREFIX" envDefault:"hub:"`
+	ProbeInterval     time.Duration `env:"HUB_REDIS_PROBE_INTERVAL" envDefault:"1s"`
+	ProbeTimeout      time.Duration `env:"HUB_REDIS_PROBE_TIMEOUT" envDefault:"3s"`
+	NodeID            string        `env:"HUB_NODE_ID"`
+	AllowedOrigins    []string      `env:"HUB_ALLOWED_ORIGINS" envSeparator:","`
+	MaxMessageBytes   int64         `env:"HUB_MAX_MESSAGE_BYTES" envDefault:"65536"`
+	SendQueue         int           `env:"HUB_SEND_QUEUE" envDefault:"256"`
+	SlowTimeout       time.Duration `env:"HUB_SLOW_CONSUMER_TIMEOUT" envDefault:"5s"`
+	SendQueueBytes    int           `env:"HUB_SEND_QUEUE_BYTES" envDefault:"1048576"`
+	HistorySize       int           `env:"HUB_HISTORY_SIZE" envDefault:"100"`
+	HistoryTTL        time.Duration `env:"HUB_HISTORY_TTL" envDefault:"5m"`
+	BrokerTimeout     time.Duration `env:"HUB_BROKER_TIMEOUT" envDefault:"5s"`
+	DrainTimeout      time.Duration `env:"HUB_DRAIN_TIMEOUT" envDefault:"25s"`
+	DrainDelay        time.Duration `env:"HUB_DRAIN_DELAY" envDefault:"5s"`
+	ReconnectWindow   time.Duration `env:"HUB_RECONNECT_WINDOW" envDefault:"5s"`
+	APIKey            string        `env:"HUB_API_KEY"`
+	LogLevel          string        `env:"HUB_LOG_LEVEL" envDefault:"info"`
+	LogFormat         string        `env:"HUB_LOG_FORMAT" envDefault:"json"`
+	WriteTimeout      time.Duration `env:"HUB_WRITE_TIMEOUT" envDefault:"10s"`
+	WriteCoalesceSpec string        `env:"HUB_WRITE_COALESCE" envDefault:"auto"`
 
 	JWTSecret        string        `env:"HUB_JWT_SECRET"`
 	JWTPublicKeyFile string        `env:"HUB_JWT_PUBLIC_KEY_FILE"`

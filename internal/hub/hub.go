@@ -198,7 +198,7 @@ type Hub struct {
 
 	work sync.WaitGroup // the hub's own goroutines: history fills and fetches
 
-	flushers []*flusher   // adaptive write batching, one per CPU
+	flushers []*flusher    // adaptive write batching, one per CPU
 	nextFl   atomic.Uint32 // spreads clients over the flushers
 }
 
