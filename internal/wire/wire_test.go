@@ -93,8 +93,8 @@ func TestEncodedObjectsAreJSON(t *testing.T) {
 			t.Errorf("%s: holds a newline", b)
 		}
 	}
-	if got, want := len(AppendMessage(nil, "room", []byte("123"))), MessageLen("room", []byte("123")); got != want {
-		t.Errorf("MessageLen: got %d, want %d", want, got)
+	if got, want := MessageLen("room", []byte("123")), len(AppendMessage(nil, "room", []byte("123"))); got != want {
+		t.Errorf("MessageLen: got %d, want %d", got, want)
 	}
 }
 
