@@ -163,7 +163,9 @@ func TestQueuedMessagesAreBatched(t *testing.T) {
 		c.join("r")
 		const msgs = 50
 		for i := range msgs {
-			n.hub.Publish(context.Background(), "r", fmt.Appendf(nil, "%d", i))
+			if err := n.hub.Publish(context.Background(), "r", fmt.Appendf(nil, "%d", i)); err != nil {
+				t.Fatalf("publish %d: %v", i, err)
+			}
 		}
 		synctest.Wait() // the writer is blocked on the first write; the rest wait
 		var frames, seen int
