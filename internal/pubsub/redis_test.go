@@ -12,7 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 )
@@ -239,10 +240,26 @@ func TestRedisPublishBatchingKeepsPublisherOrder(t *testing.T) {
 		}
 		next[p]++
 	}
-	batches := testutil.CollectAndCount(pub.metrics.batchSize)
-	if batches == 0 {
-		t.Fatal("no publish batch was observed")
+	// Every publish went out in exactly one round trip, and concurrent
+	// publishers shared round trips.
+	trips, published := histogramSamples(t, pub.metrics.batchSize)
+	if published != publishers*msgs {
+		t.Fatalf("publish batch sizes add up to %v, want %d (each publish in one batch)", published, publishers*msgs)
 	}
+	if mean := published / float64(trips); trips == 0 || mean <= 1 {
+		t.Fatalf("%v publishes from %d concurrent publishers went out in %d round trips (mean batch %.2f), want a mean batch above 1",
+			published, publishers, trips, mean)
+	}
+}
+
+// histogramSamples returns how many observations h holds and their sum.
+func histogramSamples(t testing.TB, h prometheus.Histogram) (count uint64, sum float64) {
+	t.Helper()
+	var m dto.Metric
+	if err := h.Write(&m); err != nil {
+		t.Fatalf("read histogram: %v", err)
+	}
+	return m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
 }
 
 func TestRedisNotReadyBeforeRunAndPublishBounded(t *testing.T) {
