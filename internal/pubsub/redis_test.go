@@ -3,15 +3,13 @@ package pubsub
 import (
 	"context"
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/hubcluster/hubcluster/internal/hubtest"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
@@ -20,42 +18,6 @@ import (
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
-}
-
-// startRedisServer runs a real redis-server on a free loopback port. Without
-// the binary the test is skipped, unless CI or make test requires it.
-func startRedisServer(tb testing.TB) string {
-	tb.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("CI") == "true" || os.Getenv("HUB_TEST_INTEGRATION") == "1" {
-			tb.Fatal("redis-server is not installed (scripts/docker-env.sh installs it)")
-		}
-		tb.Skip("redis-server is not installed")
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	_, port, _ := net.SplitHostPort(addr)
-	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	tb.Cleanup(func() { cmd.Process.Kill(); <-done })
-	c := redis.NewClient(&redis.Options{Addr: addr})
-	defer c.Close()
-	for i := 0; c.Ping(context.Background()).Err() != nil; i++ {
-		if i == 500 {
-			tb.Fatal("redis-server did not answer")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return addr
 }
 
 type recorder struct {
@@ -129,18 +91,14 @@ func runBroker(tb testing.TB, addr, node, prefix string, sink Sink, tweak ...fun
 		wg.Wait()
 		b.Close()
 	})
-	deadline := time.Now().Add(10 * time.Second)
-	for b.Ready() != nil {
-		if time.Now().After(deadline) {
-			tb.Fatalf("broker not ready: %v", b.Ready())
-		}
-		time.Sleep(5 * time.Millisecond)
+	if !hubtest.Poll(10*time.Second, func() bool { return b.Ready() == nil }) {
+		tb.Fatalf("broker not ready: %v", b.Ready())
 	}
 	return b
 }
 
 func TestRedisDeliversBetweenBrokers(t *testing.T) {
-	addr := startRedisServer(t)
+	addr := hubtest.RedisServer(t)
 	ra, rb := newRecorder(), newRecorder()
 	a := runBroker(t, addr, "a", "p:", ra)
 	b := runBroker(t, addr, "b", "p:", rb)
@@ -166,7 +124,7 @@ func TestRedisDeliversBetweenBrokers(t *testing.T) {
 // Interest that flips quickly ends in the right state, and a subscribe is only
 // confirmed by its own SUBSCRIBE.
 func TestRedisInterestChurn(t *testing.T) {
-	addr := startRedisServer(t)
+	addr := hubtest.RedisServer(t)
 	b := runBroker(t, addr, "a", "churn:", newRecorder())
 	rc := redis.NewClient(&redis.Options{Addr: addr})
 	defer rc.Close()
@@ -196,18 +154,14 @@ func TestRedisInterestChurn(t *testing.T) {
 		}
 		b.Unsubscribe(room)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for b.Subscriptions() != 0 || numsub("r0") != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("after unsubscribing all: %d rooms, r0 has %d subscribers; want 0, 0", b.Subscriptions(), numsub("r0"))
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !hubtest.Poll(10*time.Second, func() bool { return b.Subscriptions() == 0 && numsub("r0") == 0 }) {
+		t.Fatalf("after unsubscribing all: %d rooms, r0 has %d subscribers; want 0, 0", b.Subscriptions(), numsub("r0"))
 	}
 }
 
 // Concurrent publishers share round trips and each keeps its order.
 func TestRedisPublishBatchingKeepsPublisherOrder(t *testing.T) {
-	addr := startRedisServer(t)
+	addr := hubtest.RedisServer(t)
 	rec := newRecorder()
 	pub := runBroker(t, addr, "pub", "order:", newRecorder())
 	sub := runBroker(t, addr, "sub", "order:", rec)
@@ -292,7 +246,7 @@ func TestNewRedisRejectsBadURL(t *testing.T) {
 // BenchmarkRedisPublish compares publishes/s to Redis with pipelining and
 // without, for 64 concurrent publishers.
 func BenchmarkRedisPublish(b *testing.B) {
-	addr := startRedisServer(b)
+	addr := hubtest.RedisServer(b)
 	for _, batching := range []bool{false, true} {
 		b.Run(fmt.Sprintf("batching=%v", batching), func(b *testing.B) {
 			pub := runBroker(b, addr, "bench", "bench:", newRecorder(), func(c *RedisConfig) { c.NoBatching = !batching })
