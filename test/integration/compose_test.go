@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/hubcluster/hubcluster/internal/hubtest"
 )
 
 // composeCmd is "docker compose" when the v2 plugin is there, else Debian's
@@ -79,20 +80,19 @@ func (s *stack) nodeMetric(service, name string) float64 {
 
 func waitHTTP(t *testing.T, url string, want int, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
 	client := &http.Client{Timeout: time.Second}
-	for {
+	var last any
+	if !hubtest.Poll(timeout, func() bool {
 		resp, err := client.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == want {
-				return
-			}
+		if err != nil {
+			last = err
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not answer %d within %v (last: %v)", url, want, timeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
+		resp.Body.Close()
+		last = resp.Status
+		return resp.StatusCode == want
+	}) {
+		t.Fatalf("%s did not answer %d within %v (last: %v)", url, want, timeout, last)
 	}
 }
 
@@ -304,20 +304,15 @@ func TestComposeRollingRestart(t *testing.T) {
 		members[i] = newMember(t, lb, "smoke")
 	}
 	perNode := map[string]float64{}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	if !hubtest.Poll(20*time.Second, func() bool {
 		total := 0.0
 		for _, svc := range []string{"node-a", "node-b", "node-c"} {
 			perNode[svc] = s.nodeMetric(svc, "hub_connections")
 			total += perNode[svc]
 		}
-		if total == clients {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("connections per replica %v, want %d in all", perNode, clients)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return total == clients
+	}) {
+		t.Fatalf("connections per replica %v, want %d in all", perNode, clients)
 	}
 	t.Logf("connections per replica: %v", perNode)
 	for svc, n := range perNode {
@@ -327,13 +322,8 @@ func TestComposeRollingRestart(t *testing.T) {
 	}
 	waitSubscribed := func() {
 		for _, svc := range []string{"node-a", "node-b", "node-c"} {
-			deadline := time.Now().Add(20 * time.Second)
-			for s.nodeMetric(svc, "hub_rooms") != 1 {
-				if time.Now().After(deadline) {
-					t.Fatalf("replica %s: room not joined", svc)
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
+			hubtest.Eventually(t, 20*time.Second, func() bool { return s.nodeMetric(svc, "hub_rooms") == 1 },
+				"replica %s to join the room", svc)
 		}
 	}
 	waitSubscribed()
@@ -379,10 +369,8 @@ func TestComposeRollingRestart(t *testing.T) {
 		}
 		return n
 	}
-	moved := countMoved()
-	for ; moved < onVictim && time.Since(restartStart) < 40*time.Second; moved = countMoved() {
-		time.Sleep(50 * time.Millisecond)
-	}
+	var moved int
+	hubtest.Poll(40*time.Second-time.Since(restartStart), func() bool { moved = countMoved(); return moved >= onVictim })
 	if moved != onVictim {
 		t.Fatalf("%d clients reconnected, want the %d that were on node-b", moved, onVictim)
 	}
