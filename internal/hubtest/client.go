@@ -21,8 +21,8 @@ import (
 // reading goroutine waited for, when the test ends; that cannot hang.
 //
 // Send, Next, NextOfType, ExpectNothing, Subscribe, Closed and CloseStatus
-// fail the test and must be called from the test's goroutine. TrySend, Conn
-// and CloseNow may be called from any goroutine.
+// fail the test and must be called from the test's goroutine. TrySend,
+// TryNext, Conn and CloseNow may be called from any goroutine.
 type Client struct {
 	tb     testing.TB
 	conn   *websocket.Conn
@@ -167,23 +167,32 @@ func (c *Client) Send(format string, args ...any) {
 // comes within timeout or the connection ends first.
 func (c *Client) Next(timeout time.Duration) map[string]any {
 	c.tb.Helper()
+	m, err := c.TryNext(timeout)
+	if err != nil {
+		c.tb.Fatalf("%v", err)
+	}
+	return m
+}
+
+// TryNext returns the next object the server sent, or an error when none
+// comes within timeout or the connection ends first. It does not fail the
+// test and may be called from any goroutine.
+func (c *Client) TryNext(timeout time.Duration) (map[string]any, error) {
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	for {
 		m, ok, ended := c.pop()
 		if ok {
-			return m
+			return m, nil
 		}
 		if ended {
-			c.tb.Fatalf("connection ended while waiting for an object: %v", c.readErr())
-			return nil
+			return nil, fmt.Errorf("connection ended while waiting for an object: %v", c.readErr())
 		}
 		select {
 		case <-c.notify:
 		case <-c.done:
 		case <-timer.C:
-			c.tb.Fatalf("nothing received in %v", timeout)
-			return nil
+			return nil, fmt.Errorf("nothing received in %v", timeout)
 		}
 	}
 }
