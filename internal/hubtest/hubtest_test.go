@@ -78,19 +78,35 @@ func TestRedisServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ping(addr); err != nil {
-		t.Fatalf("PING %s: %v", addr, err)
+	if pid, err := ping(addr); err != nil || pid <= 0 {
+		t.Fatalf("PING %s: got pid %d, %v", addr, pid, err)
 	}
 	if !strings.HasPrefix(addr, "127.0.0.1:") {
 		t.Errorf("got address %s, want one on 127.0.0.1", addr)
 	}
 	stop()
 	stop() // a second stop returns at once
-	if err := ping(addr); err == nil {
+	if _, err := ping(addr); err == nil {
 		t.Error("redis-server still answers after stop")
 	}
-	if a := RedisServer(t); ping(a) != nil {
+	if a := RedisServer(t); !pings(a) {
 		t.Errorf("RedisServer: %s does not answer PING", a)
+	}
+}
+
+func pings(addr string) bool {
+	_, err := ping(addr)
+	return err == nil
+}
+
+// A port another redis-server holds is not taken for ours.
+func TestRedisServerRefusesAPortAnotherServerHolds(t *testing.T) {
+	other := RedisServer(t)
+	bin, _ := exec.LookPath("redis-server")
+	_, port, _ := strings.Cut(other, ":")
+	_, _, err := startRedisServer(bin, nil, port)
+	if !errors.Is(err, errExited) {
+		t.Fatalf("start on %s, held by another redis-server: got %v, want an error wrapping errExited", other, err)
 	}
 }
 

@@ -5,9 +5,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -26,7 +29,7 @@ func StartRedisServer(args ...string) (addr string, stop func(), err error) {
 	// The port is free when picked and may be taken before redis-server binds
 	// it: then redis-server exits, and another port is tried.
 	for range 3 {
-		addr, stop, err = startRedisServer(bin, args)
+		addr, stop, err = startRedisServer(bin, args, "")
 		if !errors.Is(err, errExited) {
 			return addr, stop, err
 		}
@@ -36,14 +39,17 @@ func StartRedisServer(args ...string) (addr string, stop func(), err error) {
 
 var errExited = errors.New("redis-server exited")
 
-func startRedisServer(bin string, args []string) (string, func(), error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", nil, fmt.Errorf("hubtest: pick a port: %w", err)
+// startRedisServer runs bin on port, or on a free port when port is empty.
+func startRedisServer(bin string, args []string, port string) (string, func(), error) {
+	if port == "" {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", nil, fmt.Errorf("hubtest: pick a port: %w", err)
+		}
+		_, port, _ = net.SplitHostPort(ln.Addr().String())
+		ln.Close()
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	_, port, _ := net.SplitHostPort(addr)
+	addr := net.JoinHostPort("127.0.0.1", port)
 	cmd := exec.Command(bin, append([]string{"--port", port, "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--daemonize", "no"}, args...)...)
 	var out bytes.Buffer // read only once the process has exited
@@ -62,8 +68,12 @@ func startRedisServer(bin string, args []string) (string, func(), error) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if ping(addr) == nil {
+		if pid, err := ping(addr); err == nil && pid == cmd.Process.Pid {
 			return addr, stop, nil
+		} else if err == nil {
+			// Another redis-server took the port first; this one will exit.
+			stop()
+			return "", nil, fmt.Errorf("hubtest: %w on %s: the port was taken", errExited, addr)
 		}
 		select {
 		case <-exited:
@@ -77,25 +87,40 @@ func startRedisServer(bin string, args []string) (string, func(), error) {
 	}
 }
 
-// ping sends PING in RESP and expects +PONG.
-func ping(addr string) error {
+// ping sends PING and INFO server, and returns the process id of the
+// redis-server that answered: the port may be another test's server.
+func ping(addr string) (pid int, err error) {
 	c, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
-		return err
+	if _, err := c.Write([]byte("PING\r\nINFO server\r\n")); err != nil {
+		return 0, err
 	}
-	line, err := bufio.NewReader(c).ReadString('\n')
+	r := bufio.NewReader(c)
+	if line, err := r.ReadString('\n'); err != nil || line != "+PONG\r\n" {
+		return 0, fmt.Errorf("PING answered %q, %v", line, err)
+	}
+	head, err := r.ReadString('\n') // $<length>, then the bulk string
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if line != "+PONG\r\n" {
-		return fmt.Errorf("PING answered %q", line)
+	n, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(head, "$")))
+	if err != nil {
+		return 0, fmt.Errorf("INFO answered %q", head)
 	}
-	return nil
+	info := make([]byte, n)
+	if _, err := io.ReadFull(r, info); err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(info)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "process_id:"); ok {
+			return strconv.Atoi(v)
+		}
+	}
+	return 0, errors.New("INFO server holds no process_id")
 }
 
 // RedisServer is StartRedisServer for a test: the server is stopped when the
