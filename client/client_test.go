@@ -246,7 +246,7 @@ func TestFramesAreSplit(t *testing.T) {
 // to the other node of a Redis cluster) and recovers what was published
 // meanwhile: nothing missed, nothing twice.
 func TestReconnectAtHintAndRecover(t *testing.T) {
-	redisAddr := hubtest.StartRedisServer(t)
+	redisAddr := hubtest.RedisServer(t)
 	env := []string{"HUB_REDIS_URL=redis://" + redisAddr, "HUB_REDIS_PREFIX=" + fmt.Sprint(time.Now().UnixNano()) + ":",
 		"HUB_RECONNECT_WINDOW=1500ms", "HUB_REDIS_PROBE_INTERVAL=200ms", "HUB_REDIS_PROBE_TIMEOUT=2s"}
 	a := startNode(t, "", append(env, "HUB_NODE_ID=a")...)

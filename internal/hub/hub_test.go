@@ -59,13 +59,42 @@ func TestStopWithManyClientsConnected(t *testing.T) {
 		if got := n.hub.Clients(); got != clients {
 			t.Fatalf("got %d clients, want %d", got, clients)
 		}
+		// Clients registered and joined the way Serve does it, whose teardown
+		// the test holds back: Run cannot return before they are unregistered.
+		held := make([]*Client, 10)
+		for i := range held {
+			held[i] = &Client{hub: n.hub, conn: cs[clients-1-i].conn} // Run cuts this connection
+			if code := n.hub.register(held[i]); code != 0 {
+				t.Fatalf("register: refused with %d", code)
+			}
+			n.hub.join(held[i], fmt.Sprintf("held-%d", i%3))
+		}
+		n.hub.mu.Lock()
+		registered := n.hub.clientsLocked() // the Serve ones and the held ones
+		n.hub.mu.Unlock()
+
 		// Half of the clients hang up at the moment the hub stops.
 		var wg sync.WaitGroup
 		for _, c := range cs[:clients/2] {
 			wg.Go(func() { c.conn.CloseNow() })
 		}
-		stop()
+		stopped := make(chan struct{})
+		go func() { stop(); close(stopped) }()
 		wg.Wait()
+		synctest.Wait() // every Serve has returned; Run waits for the held clients
+		select {
+		case <-stopped:
+			t.Fatal("Run returned with clients still registered")
+		default:
+		}
+		if got := n.hub.Clients(); got != len(held) {
+			t.Fatalf("while Run waits: got %d clients, want the %d held ones", got, len(held))
+		}
+		// Their teardown, with Run's loop gone, returns at once and lets Run return.
+		for _, c := range held {
+			n.hub.unregister(c)
+		}
+		<-stopped
 		if got := n.hub.Clients(); got != 0 {
 			t.Errorf("after Run returned: got %d clients, want 0", got)
 		}
@@ -78,9 +107,18 @@ func TestStopWithManyClientsConnected(t *testing.T) {
 			}
 			c.conn.CloseNow()
 		}
-		// Teardown after Run returned returns at once, however often it is called.
-		for range 100 {
-			n.hub.unregister(&Client{hub: n.hub})
+		// Teardown after Run returned returns at once, however often it is
+		// called, and counts each client once.
+		for range 3 {
+			for _, c := range registered {
+				n.hub.unregister(c)
+			}
+		}
+		if got := counterValue(t, n.hub.metrics.connections); got != 0 {
+			t.Errorf("after repeated teardowns: hub_connections got %v, want 0", got)
+		}
+		if got := counterValue(t, n.hub.metrics.rooms); got != 0 {
+			t.Errorf("after repeated teardowns: hub_rooms got %v, want 0", got)
 		}
 		synctest.Wait()
 	})
@@ -234,7 +272,7 @@ func TestQueuedMessagesAreBatched(t *testing.T) {
 		const msgs = 50
 		for i := range msgs {
 			if _, err := n.hub.Publish(context.Background(), "r", fmt.Appendf(nil, "%d", i), ""); err != nil {
-				t.Fatalf("publish: %v", err)
+				t.Fatalf("publish %d: %v", i, err)
 			}
 		}
 		synctest.Wait() // the writer is blocked on the first write; the rest wait
