@@ -33,9 +33,12 @@ type Client struct {
 	raw  net.Conn // under conn, when known: closing it cuts even a pending close
 	ip   string
 
-	// ctx ends when the read loop does: the dispatch goroutine stops waiting.
+	// ctx ends when the read loop does: a dispatch goroutine, or a request
+	// waiting for room, stops waiting. Made on first use (lifetime), guarded
+	// by dmu: an idle client has none.
 	ctx    context.Context
 	cancel context.CancelFunc
+	ended  bool
 
 	roomsMu sync.Mutex // guards rooms and gone
 	rooms   []*member
@@ -91,8 +94,7 @@ func (h *Hub) Serve(conn *Conn, info ConnInfo) {
 	conn.ws.SetReadLimit(h.cfg.MaxMessageBytes)
 	c := &Client{hub: h, conn: conn.ws, raw: conn.raw, ip: info.IP}
 	c.w.fl = h.flushers[h.nextFl.Add(1)%uint32(len(h.flushers))]
-	c.ctx, c.cancel = context.WithCancel(h.ctx)
-	defer c.cancel()
+	defer c.endLifetime()
 	if code := h.register(c); code != 0 {
 		h.metrics.closes.WithLabelValues(codeLabel(code)).Inc()
 		reason := "node stopped"
@@ -111,7 +113,7 @@ func (h *Hub) Serve(conn *Conn, info ConnInfo) {
 		err = c.readLoop()
 	}
 	c.guard.stop()
-	c.cancel()
+	c.endLifetime()
 	c.dispatch.Wait()
 
 	code := c.w.finish()
@@ -130,6 +132,30 @@ func (h *Hub) Serve(conn *Conn, info ConnInfo) {
 	}
 	c.cut()
 	c.w.wg.Wait()
+}
+
+// lifetime returns a context that ends when the read loop does, making it
+// on first use.
+func (c *Client) lifetime() context.Context {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if c.ctx == nil {
+		c.ctx, c.cancel = context.WithCancel(c.hub.ctx)
+		if c.ended {
+			c.cancel()
+		}
+	}
+	return c.ctx
+}
+
+// endLifetime ends the context lifetime returns, now and for later calls.
+func (c *Client) endLifetime() {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	c.ended = true
+	if c.cancel != nil {
+		c.cancel()
+	}
 }
 
 // closeCodeOf names how a read loop ended: the peer's close code, 1009 for a
@@ -172,9 +198,10 @@ var readBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // readLoop reads frames until the connection ends, and handles each object.
 func (c *Client) readLoop() error {
-	h := c.hub
 	for {
-		typ, r, err := c.conn.Reader(h.ctx)
+		// No context: one would cost every idle connection a timer hook.
+		// A stopping hub cuts the socket, which ends the read.
+		typ, r, err := c.conn.Reader(context.Background())
 		if err != nil {
 			return err
 		}
@@ -258,7 +285,7 @@ func (c *Client) enqueue(line []byte) error {
 		c.hub.metrics.backpressure.Inc()
 		select {
 		case <-ch:
-		case <-c.ctx.Done():
+		case <-c.lifetime().Done():
 			return errClosed
 		}
 		c.dmu.Lock()
@@ -371,7 +398,7 @@ func (c *Client) subscribe(req wire.Request, inDispatch bool) error {
 		return nil
 	}
 	finish := func(mayBlock bool) error {
-		ctx, cancel := context.WithTimeout(c.ctx, h.cfg.BrokerTimeout)
+		ctx, cancel := context.WithTimeout(c.lifetime(), h.cfg.BrokerTimeout)
 		defer cancel()
 		return h.finishSubscribe(ctx, m, req, mayBlock)
 	}
@@ -397,7 +424,7 @@ func (c *Client) subscribeFailed(m *member, req wire.Request, err error) {
 	}
 	h := c.hub
 	h.leave(c, req.Room)
-	if c.ctx.Err() != nil {
+	if c.lifetime().Err() != nil {
 		return // the connection is going away
 	}
 	h.log.Warn("subscription not confirmed", "room", req.Room, "err", err)
@@ -463,7 +490,7 @@ func (c *Client) waitInflight() bool {
 			c.hub.metrics.backpressure.Inc()
 			select {
 			case <-ch:
-			case <-c.ctx.Done():
+			case <-c.lifetime().Done():
 				return false
 			}
 		}
