@@ -246,7 +246,7 @@ func TestFramesAreSplit(t *testing.T) {
 // to the other node of a Redis cluster) and recovers what was published
 // meanwhile: nothing missed, nothing twice.
 func TestReconnectAtHintAndRecover(t *testing.T) {
-	redisAddr := hubtest.StartRedisServer(t)
+	redisAddr := hubtest.RedisServer(t)
 	env := []string{"HUB_REDIS_URL=redis://" + redisAddr, "HUB_REDIS_PREFIX=" + fmt.Sprint(time.Now().UnixNano()) + ":",
 		"HUB_RECONNECT_WINDOW=1500ms", "HUB_REDIS_PROBE_INTERVAL=200ms", "HUB_REDIS_PROBE_TIMEOUT=2s"}
 	a := startNode(t, "", append(env, "HUB_NODE_ID=a")...)
@@ -255,7 +255,8 @@ func TestReconnectAtHintAndRecover(t *testing.T) {
 	waitReady(t, b)
 	var mu sync.Mutex
 	var states []string
-	var downAt, upAt time.Time
+	var downAt, retryAt, upAt time.Time
+	var hint time.Duration
 	recovered := make(chan bool, 4)
 	c := dial(t, a.url(), &client.Options{URLs: []string{b.url()},
 		OnState: func(s client.State, code int, reason string) {
@@ -266,6 +267,15 @@ func TestReconnectAtHintAndRecover(t *testing.T) {
 			case client.Disconnected:
 				if downAt.IsZero() {
 					downAt = time.Now()
+					var h struct {
+						MS int64 `json:"reconnect_after_ms"`
+					}
+					json.Unmarshal([]byte(reason), &h)
+					hint = time.Duration(h.MS) * time.Millisecond
+				}
+			case client.Connecting:
+				if !downAt.IsZero() && retryAt.IsZero() {
+					retryAt = time.Now()
 				}
 			case client.Connected:
 				upAt = time.Now()
@@ -312,10 +322,14 @@ func TestReconnectAtHintAndRecover(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if fmt.Sprint(states[0]) != "disconnected/1012" {
-		t.Errorf("states %v: want a disconnect with 1012 first", states)
+	if len(states) < 2 || states[1] != "disconnected/1012" {
+		t.Errorf("states %v: want a disconnect with 1012 after the first connect", states)
 	}
-	t.Logf("reconnected %v after the drain's close; states %v", upAt.Sub(downAt).Round(time.Millisecond), states)
+	if waited := retryAt.Sub(downAt); waited < hint-5*time.Millisecond {
+		t.Errorf("the client reconnected %v after the close, before the node's hint of %v", waited, hint)
+	}
+	t.Logf("hint %v; reconnect attempt %v after the close, connected %v after; states %v", hint,
+		retryAt.Sub(downAt).Round(time.Millisecond), upAt.Sub(downAt).Round(time.Millisecond), states)
 }
 
 // After a lost connection (the node killed) the client retries with

@@ -36,10 +36,13 @@ if [ ${#need_apt[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/n
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >&2
 fi
 
+# A dockerd started here is recorded in .cache/dockerd.pid, so that whoever
+# asked for it (.ci/run) can stop exactly that process and no other.
 if ! docker info >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null 2>&1; then
-    say "starting dockerd (log: .cache/dockerd.log)"
+    say "starting dockerd (log: .cache/dockerd.log, pid: .cache/dockerd.pid)"
     nohup dockerd --iptables=false --ip-masq=false >"$cache/dockerd.log" 2>&1 &
+    echo $! >"$cache/dockerd.pid.tmp" && mv "$cache/dockerd.pid.tmp" "$cache/dockerd.pid"
     for _ in $(seq 1 60); do
       docker info >/dev/null 2>&1 && break
       sleep 1

@@ -382,30 +382,34 @@ func (l *load) run(ctx context.Context, ready func()) *result {
 		prev = n
 		time.Sleep(500 * time.Millisecond)
 	}
-	all := members
-	if !l.MembersPublish { // member publishers are among the members already
-		all = append(all, pubs...)
-	}
-	for _, c := range append(members, pubs...) { // error replies go to publishers too
-		c.mu.Lock()
-		res.Errors += c.errors
-		c.mu.Unlock()
-	}
-	if l.MembersPublish {
-		res.Errors /= 2 // member publishers were counted twice just above
-	}
-	for _, c := range all {
-		c.mu.Lock()
-		res.Received += c.received
-		res.Duplicates += c.dups
-		res.Reordered += c.reorder
-		res.Latency.merge(c.lat)
-		c.mu.Unlock()
-	}
-	for _, c := range all {
+	for _, c := range collect(res, members, pubs) {
 		c.ws.Close(websocket.StatusNormalClosure, "")
 	}
 	return res
+}
+
+// collect adds what the connections counted to res, each connection once
+// (with MembersPublish the publishers are members too), and returns them.
+func collect(res *result, members, pubs []*conn) []*conn {
+	seen := make(map[*conn]bool, len(members)+len(pubs))
+	var all []*conn
+	for _, group := range [][]*conn{members, pubs} {
+		for _, c := range group {
+			if seen[c] {
+				continue
+			}
+			seen[c] = true
+			all = append(all, c)
+			c.mu.Lock()
+			res.Errors += c.errors // error replies go to publishers too
+			res.Received += c.received
+			res.Duplicates += c.dups
+			res.Reordered += c.reorder
+			res.Latency.merge(c.lat)
+			c.mu.Unlock()
+		}
+	}
+	return all
 }
 
 // expected is how many deliveries a complete run makes: every message sent to

@@ -127,6 +127,14 @@ func measure(ctx context.Context, l *load, procs int, started func()) (*report, 
 		out *bufio.Reader
 	}
 	var ps []proc
+	defer func() {
+		for _, p := range ps { // a worker an error path left running
+			if p.cmd.ProcessState == nil {
+				p.cmd.Process.Kill()
+				p.cmd.Wait()
+			}
+		}
+	}()
 	for k := range procs {
 		part := *l
 		part.Lo, part.Hi = l.Members*k/procs, l.Members*(k+1)/procs

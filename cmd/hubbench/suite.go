@@ -10,9 +10,12 @@ import (
 	"os/exec"
 	"runtime"
 	"slices"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/hubcluster/hubcluster/internal/hubtest"
 )
 
 // The suite's targets, on this 2-core machine (BENCHMARKS.md explains them).
@@ -34,19 +37,23 @@ type suiteEnv struct {
 	redisAddr string
 	prefix    string // one channel prefix per scenario: its nodes share rooms
 	log       io.Writer
+	nodes     []*benchNode // every node started; stopNodes stops those still running
 }
 
 type row struct{ scenario, figure, target, result string }
 
 // runSuite starts Redis and fresh nodes on loopback for each scenario, and
-// prints one table.
+// prints one table. Every process it starts is stopped before it returns,
+// whichever way it returns.
 func runSuite(nodeBin string, quick bool, out io.Writer) error {
 	env := &suiteEnv{nodeBin: nodeBin, log: os.Stderr}
-	stopRedis, err := env.startRedis()
+	redisAddr, stopRedis, err := hubtest.StartRedisServer("--maxclients", "10000")
 	if err != nil {
 		return err
 	}
 	defer stopRedis()
+	env.redisAddr = redisAddr
+	defer env.stopNodes() // before Redis goes: nodes drain against it
 
 	idleConns, fanMembers, rooms, drainConns := 15000, 1000, 10000, 10000
 	rates := []float64{100, 200, 400, 600, 800, 1000, 1250, 1500, 2000, 2500}
@@ -201,38 +208,17 @@ func freeAddr() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-func (e *suiteEnv) startRedis() (func(), error) {
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		return nil, fmt.Errorf("redis-server is not installed (apt-get install redis-server): %w", err)
-	}
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	_, port, _ := net.SplitHostPort(addr)
-	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--maxclients", "10000")
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	e.redisAddr = addr
-	for range 100 {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return func() { cmd.Process.Kill(); cmd.Wait() }, nil
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	cmd.Process.Kill()
-	return nil, fmt.Errorf("redis-server did not start")
-}
-
+// benchNode is a node process the suite started.
 type benchNode struct {
-	addr   string
-	cmd    *exec.Cmd
-	exited chan error
+	addr string
+	cmd  *exec.Cmd
+	done chan struct{} // closed once the process has exited
+	err  error         // how it exited, set before done is closed
+	once sync.Once
 }
 
+// startNode starts a node and waits until it is ready. The node is recorded
+// in e before anything can fail, so stopNodes stops it on every path.
 func (e *suiteEnv) startNode(id string) (*benchNode, error) {
 	addr, err := freeAddr()
 	if err != nil {
@@ -246,30 +232,59 @@ func (e *suiteEnv) startNode(id string) (*benchNode, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", e.nodeBin, err)
 	}
-	n := &benchNode{addr: addr, cmd: cmd, exited: make(chan error, 1)}
-	go func() { n.exited <- cmd.Wait() }()
+	n := &benchNode{addr: addr, cmd: cmd, done: make(chan struct{})}
+	e.nodes = append(e.nodes, n)
+	go func() { n.err = cmd.Wait(); close(n.done) }()
 	client := &http.Client{Timeout: time.Second}
-	for range 200 {
-		if resp, err := client.Get("http://" + addr + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return n, nil
-			}
+	ready := hubtest.Poll(5*time.Second, func() bool {
+		select {
+		case <-n.done:
+			return true // it will never be ready
+		default:
 		}
-		time.Sleep(25 * time.Millisecond)
+		resp, err := client.Get("http://" + addr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	client.CloseIdleConnections()
+	select {
+	case <-n.done:
+		return nil, fmt.Errorf("node %s exited before it was ready: %v", id, n.err)
+	default:
 	}
-	n.stop()
-	return nil, fmt.Errorf("node %s never became ready", id)
+	if !ready {
+		n.stop()
+		return nil, fmt.Errorf("node %s never became ready", id)
+	}
+	return n, nil
 }
 
-func (n *benchNode) wait() error { return <-n.exited }
-
-func (n *benchNode) stop() {
-	n.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-n.exited:
-	case <-time.After(30 * time.Second):
-		n.cmd.Process.Kill()
-		<-n.exited
+// stopNodes stops every node still running.
+func (e *suiteEnv) stopNodes() {
+	for _, n := range e.nodes {
+		n.stop()
 	}
+}
+
+// wait waits for the process to exit and returns how it exited.
+func (n *benchNode) wait() error {
+	<-n.done
+	return n.err
+}
+
+// stop sends SIGTERM, and kills the node if it has not exited 30s later. It
+// returns once the process has exited; calling it again returns at once.
+func (n *benchNode) stop() {
+	n.once.Do(func() {
+		n.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-n.done:
+		case <-time.After(30 * time.Second):
+			n.cmd.Process.Kill()
+			<-n.done
+		}
+	})
 }

@@ -122,6 +122,7 @@ func hubConfig(cfg config.Config, origin string, log *slog.Logger, reg prometheu
 	if ping == 0 {
 		ping = -1 // HUB_PING_INTERVAL=0 is off; the hub takes 0 as its default
 	}
+	coalesce, _ := cfg.WriteCoalesce() // validated by config.Load
 	return hub.Config{
 		NodeID:            cfg.NodeID,
 		Origin:            origin,
@@ -132,7 +133,7 @@ func hubConfig(cfg config.Config, origin string, log *slog.Logger, reg prometheu
 		BrokerTimeout:     cfg.BrokerTimeout,
 		MaxMessageBytes:   cfg.MaxMessageBytes,
 		WriteTimeout:      cfg.WriteTimeout,
-		WriteCoalesce:     cfg.WriteCoalesce,
+		WriteCoalesce:     coalesce,
 		PingInterval:      ping,
 		AuthTimeout:       cfg.AuthTimeout,
 		ClientRate:        cfg.ClientRate,

@@ -21,6 +21,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/hubcluster/hubcluster/internal/config"
+	"github.com/hubcluster/hubcluster/internal/hubtest"
 	"go.uber.org/goleak"
 )
 
@@ -318,18 +319,15 @@ func TestRunServesAndStopsCleanly(t *testing.T) {
 
 func waitReady(t *testing.T, base string) {
 	t.Helper()
-	for range 500 {
+	hubtest.Eventually(t, 10*time.Second, func() bool {
 		resp, err := http.Get(base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				http.DefaultClient.CloseIdleConnections()
-				return
-			}
+		if err != nil {
+			return false
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatal("node never became ready")
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	}, "the node's /readyz to answer 200")
+	http.DefaultClient.CloseIdleConnections()
 }
 
 // HUB_DEMO=true serves the chat page at / (it is off by default), with the

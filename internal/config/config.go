@@ -24,28 +24,28 @@ import (
 
 // Config is every HUB_ setting. The README lists them all.
 type Config struct {
-	Addr            string        `env:"HUB_ADDR" envDefault:":8080"`
-	RedisURL        string        `env:"HUB_REDIS_URL"`
-	RedisPrefix     string        `env:"HUB_REDIS_PREFIX" envDefault:"hub:"`
-	ProbeInterval   time.Duration `env:"HUB_REDIS_PROBE_INTERVAL" envDefault:"1s"`
-	ProbeTimeout    time.Duration `env:"HUB_REDIS_PROBE_TIMEOUT" envDefault:"3s"`
-	NodeID          string        `env:"HUB_NODE_ID"`
-	AllowedOrigins  []string      `env:"HUB_ALLOWED_ORIGINS" envSeparator:","`
-	MaxMessageBytes int64         `env:"HUB_MAX_MESSAGE_BYTES" envDefault:"65536"`
-	SendQueue       int           `env:"HUB_SEND_QUEUE" envDefault:"256"`
-	SlowTimeout     time.Duration `env:"HUB_SLOW_CONSUMER_TIMEOUT" envDefault:"5s"`
-	SendQueueBytes  int           `env:"HUB_SEND_QUEUE_BYTES" envDefault:"1048576"`
-	HistorySize     int           `env:"HUB_HISTORY_SIZE" envDefault:"100"`
-	HistoryTTL      time.Duration `env:"HUB_HISTORY_TTL" envDefault:"5m"`
-	BrokerTimeout   time.Duration `env:"HUB_BROKER_TIMEOUT" envDefault:"5s"`
-	DrainTimeout    time.Duration `env:"HUB_DRAIN_TIMEOUT" envDefault:"25s"`
-	DrainDelay      time.Duration `env:"HUB_DRAIN_DELAY" envDefault:"5s"`
-	ReconnectWindow time.Duration `env:"HUB_RECONNECT_WINDOW" envDefault:"5s"`
-	APIKey          string        `env:"HUB_API_KEY"`
-	LogLevel        string        `env:"HUB_LOG_LEVEL" envDefault:"info"`
-	LogFormat       string        `env:"HUB_LOG_FORMAT" envDefault:"json"`
-	WriteTimeout    time.Duration `env:"HUB_WRITE_TIMEOUT" envDefault:"10s"`
-	WriteCoalesce   time.Duration `env:"HUB_WRITE_COALESCE" envDefault:"0s"`
+	Addr              string        `env:"HUB_ADDR" envDefault:":8080"`
+	RedisURL          string        `env:"HUB_REDIS_URL"`
+	RedisPrefix       string        `env:"HUB_REDIS_PREFIX" envDefault:"hub:"`
+	ProbeInterval     time.Duration `env:"HUB_REDIS_PROBE_INTERVAL" envDefault:"1s"`
+	ProbeTimeout      time.Duration `env:"HUB_REDIS_PROBE_TIMEOUT" envDefault:"3s"`
+	NodeID            string        `env:"HUB_NODE_ID"`
+	AllowedOrigins    []string      `env:"HUB_ALLOWED_ORIGINS" envSeparator:","`
+	MaxMessageBytes   int64         `env:"HUB_MAX_MESSAGE_BYTES" envDefault:"65536"`
+	SendQueue         int           `env:"HUB_SEND_QUEUE" envDefault:"256"`
+	SlowTimeout       time.Duration `env:"HUB_SLOW_CONSUMER_TIMEOUT" envDefault:"5s"`
+	SendQueueBytes    int           `env:"HUB_SEND_QUEUE_BYTES" envDefault:"1048576"`
+	HistorySize       int           `env:"HUB_HISTORY_SIZE" envDefault:"100"`
+	HistoryTTL        time.Duration `env:"HUB_HISTORY_TTL" envDefault:"5m"`
+	BrokerTimeout     time.Duration `env:"HUB_BROKER_TIMEOUT" envDefault:"5s"`
+	DrainTimeout      time.Duration `env:"HUB_DRAIN_TIMEOUT" envDefault:"25s"`
+	DrainDelay        time.Duration `env:"HUB_DRAIN_DELAY" envDefault:"5s"`
+	ReconnectWindow   time.Duration `env:"HUB_RECONNECT_WINDOW" envDefault:"5s"`
+	APIKey            string        `env:"HUB_API_KEY"`
+	LogLevel          string        `env:"HUB_LOG_LEVEL" envDefault:"info"`
+	LogFormat         string        `env:"HUB_LOG_FORMAT" envDefault:"json"`
+	WriteTimeout      time.Duration `env:"HUB_WRITE_TIMEOUT" envDefault:"10s"`
+	WriteCoalesceSpec string        `env:"HUB_WRITE_COALESCE" envDefault:"auto"`
 
 	JWTSecret        string        `env:"HUB_JWT_SECRET"`
 	JWTPublicKeyFile string        `env:"HUB_JWT_PUBLIC_KEY_FILE"`
@@ -223,8 +223,8 @@ func (c *Config) validate() error {
 	if c.WriteTimeout < 100*time.Millisecond || c.WriteTimeout > 10*time.Minute {
 		bad("HUB_WRITE_TIMEOUT", "must be between 100ms and 10m, e.g. 10s")
 	}
-	if c.WriteCoalesce < 0 || c.WriteCoalesce > time.Second {
-		bad("HUB_WRITE_COALESCE", "must be between 0 (off) and 1s, e.g. 2ms")
+	if _, err := c.WriteCoalesce(); err != nil {
+		bad("HUB_WRITE_COALESCE", "%v", err)
 	}
 	if c.PingInterval != 0 && (c.PingInterval < 100*time.Millisecond || c.PingInterval > time.Hour) {
 		bad("HUB_PING_INTERVAL", "must be 0 (off) or between 100ms and 1h, e.g. 25s")
@@ -282,6 +282,22 @@ func (c *Config) validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// WriteCoalesce parses HUB_WRITE_COALESCE as the hub takes it: 0 for auto
+// (adaptive batching), -1 for off, or a fixed hold of 1µs to 1s.
+func (c *Config) WriteCoalesce() (time.Duration, error) {
+	switch c.WriteCoalesceSpec {
+	case "auto":
+		return 0, nil
+	case "off", "0", "0s":
+		return -1, nil
+	}
+	d, err := time.ParseDuration(c.WriteCoalesceSpec)
+	if err != nil || d <= 0 || d > time.Second {
+		return 0, fmt.Errorf("%q is not auto, off, or a duration from 1µs to 1s (e.g. 2ms)", c.WriteCoalesceSpec)
+	}
+	return d, nil
 }
 
 // TrustedProxies parses HUB_TRUSTED_PROXIES: CIDRs, or addresses for one host.

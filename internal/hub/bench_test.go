@@ -60,7 +60,9 @@ func BenchmarkBroadcast(b *testing.B) {
 			runtime.ReadMemStats(&before)
 			b.ResetTimer()
 			for range b.N {
-				h.Publish(context.Background(), "r", data, "")
+				if _, err := h.Publish(context.Background(), "r", data, ""); err != nil {
+					b.Fatal(err)
+				}
 			}
 			want := int64(b.N) * int64(members)
 			for received.Load() < want {
@@ -105,7 +107,9 @@ func BenchmarkBroadcastHandoff(b *testing.B) {
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
 			for i := 0; b.Loop(); i++ {
-				h.Publish(ctx, "r", data, "")
+				if _, err := h.Publish(ctx, "r", data, ""); err != nil {
+					b.Fatal(err)
+				}
 				if i%64 == 63 { // empty the queues now and then, as writers would
 					for _, c := range clients {
 						c.w.mu.Lock()

@@ -90,6 +90,7 @@ type ConnInfo struct {
 func (h *Hub) Serve(conn *Conn, info ConnInfo) {
 	conn.ws.SetReadLimit(h.cfg.MaxMessageBytes)
 	c := &Client{hub: h, conn: conn.ws, raw: conn.raw, ip: info.IP}
+	c.w.fl = h.flushers[h.nextFl.Add(1)%uint32(len(h.flushers))]
 	c.ctx, c.cancel = context.WithCancel(h.ctx)
 	defer c.cancel()
 	if code := h.register(c); code != 0 {

@@ -59,13 +59,42 @@ func TestStopWithManyClientsConnected(t *testing.T) {
 		if got := n.hub.Clients(); got != clients {
 			t.Fatalf("got %d clients, want %d", got, clients)
 		}
+		// Clients registered and joined the way Serve does it, whose teardown
+		// the test holds back: Run cannot return before they are unregistered.
+		held := make([]*Client, 10)
+		for i := range held {
+			held[i] = &Client{hub: n.hub, conn: cs[clients-1-i].conn} // Run cuts this connection
+			if code := n.hub.register(held[i]); code != 0 {
+				t.Fatalf("register: refused with %d", code)
+			}
+			n.hub.join(held[i], fmt.Sprintf("held-%d", i%3))
+		}
+		n.hub.mu.Lock()
+		registered := n.hub.clientsLocked() // the Serve ones and the held ones
+		n.hub.mu.Unlock()
+
 		// Half of the clients hang up at the moment the hub stops.
 		var wg sync.WaitGroup
 		for _, c := range cs[:clients/2] {
 			wg.Go(func() { c.conn.CloseNow() })
 		}
-		stop()
+		stopped := make(chan struct{})
+		go func() { stop(); close(stopped) }()
 		wg.Wait()
+		synctest.Wait() // every Serve has returned; Run waits for the held clients
+		select {
+		case <-stopped:
+			t.Fatal("Run returned with clients still registered")
+		default:
+		}
+		if got := n.hub.Clients(); got != len(held) {
+			t.Fatalf("while Run waits: got %d clients, want the %d held ones", got, len(held))
+		}
+		// Their teardown, with Run's loop gone, returns at once and lets Run return.
+		for _, c := range held {
+			n.hub.unregister(c)
+		}
+		<-stopped
 		if got := n.hub.Clients(); got != 0 {
 			t.Errorf("after Run returned: got %d clients, want 0", got)
 		}
@@ -78,9 +107,18 @@ func TestStopWithManyClientsConnected(t *testing.T) {
 			}
 			c.conn.CloseNow()
 		}
-		// Teardown after Run returned returns at once, however often it is called.
-		for range 100 {
-			n.hub.unregister(&Client{hub: n.hub})
+		// Teardown after Run returned returns at once, however often it is
+		// called, and counts each client once.
+		for range 3 {
+			for _, c := range registered {
+				n.hub.unregister(c)
+			}
+		}
+		if got := counterValue(t, n.hub.metrics.connections); got != 0 {
+			t.Errorf("after repeated teardowns: hub_connections got %v, want 0", got)
+		}
+		if got := counterValue(t, n.hub.metrics.rooms); got != 0 {
+			t.Errorf("after repeated teardowns: hub_rooms got %v, want 0", got)
 		}
 		synctest.Wait()
 	})
@@ -234,7 +272,7 @@ func TestQueuedMessagesAreBatched(t *testing.T) {
 		const msgs = 50
 		for i := range msgs {
 			if _, err := n.hub.Publish(context.Background(), "r", fmt.Appendf(nil, "%d", i), ""); err != nil {
-				t.Fatalf("publish: %v", err)
+				t.Fatalf("publish %d: %v", i, err)
 			}
 		}
 		synctest.Wait() // the writer is blocked on the first write; the rest wait
@@ -629,4 +667,60 @@ func TestProtocolViolationsCloseWith1002(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Adaptive batching: an idle client's message is written at once (no added
+// latency); messages to a client written to a moment ago wait for the
+// flusher's tick and go out together, in order.
+func TestAdaptiveBatching(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n := newTestNode(t, Config{PingInterval: -1})
+		defer n.run()()
+		c := n.dial()
+		c.join("r")
+		frames := make(chan []map[string]any, 1000)
+		go func() {
+			for {
+				objs, err := c.read()
+				if err != nil {
+					close(frames)
+					return
+				}
+				frames <- objs
+			}
+		}()
+		time.Sleep(time.Second) // idle since the subscribe's ack
+		start := time.Now()
+		if _, err := n.hub.Publish(context.Background(), "r", []byte("0"), ""); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		first := <-frames
+		if took := time.Since(start); took != 0 || len(first) != 1 {
+			t.Fatalf("idle client: got %d objects after %v, want the message at once", len(first), took)
+		}
+		// Now busy: 50 messages 100µs apart, all within the hot window of the
+		// previous write.
+		for i := 1; i <= 50; i++ {
+			if _, err := n.hub.Publish(context.Background(), "r", fmt.Appendf(nil, "%d", i), ""); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+		time.Sleep(10 * time.Millisecond)
+		synctest.Wait()
+		got, count := 1, 0
+		for got <= 50 {
+			objs := <-frames
+			count++
+			for _, m := range objs {
+				checkObject(t, m, map[string]any{"type": "message", "data": got})
+				got++
+			}
+		}
+		if count > 15 {
+			t.Errorf("busy client: 50 messages came in %d frames, want them batched (a few per tick)", count)
+		}
+		t.Logf("50 messages 100µs apart to a busy client: %d frames", count)
+	})
 }

@@ -515,6 +515,21 @@ func (r *room) applyFillLocked(hist pubsub.History, epoch string) (more bool) {
 		r.suspect = false
 		return hist.Top > 0 || len(r.held) > 0
 	}
+	if hist.Top+1 < r.next {
+		// The history is behind what this node already delivered: Redis came
+		// back from an older state, and will hand those offsets out again.
+		// Members are told, and the room goes on from the history's place.
+		r.h.log.Error("history: the room's history went back (Redis restored an older state); members told gap",
+			"room", r.name, "delivered", r.next-1, "history", hist.Top)
+		r.gapLocked()
+		r.jumpLocked(hist.Top + 1)
+		for _, m := range r.members {
+			m.after = min(m.after, hist.Top)
+		}
+		r.held = slices.DeleteFunc(r.held, func(m pubsub.Message) bool { return m.Epoch == r.epoch })
+		r.suspect = false
+		return false
+	}
 	for _, m := range hist.Messages {
 		if m.Offset < r.next {
 			continue

@@ -13,14 +13,18 @@ import (
 // writer is a client's send queue and the state of the goroutine that
 // writes it. It has one state at a time:
 //
-//	idle:    nothing queued, no goroutine
-//	writing: a writer goroutine runs and takes what is queued
-//	closed:  nothing more is queued or written (the hub closes the
-//	         connection, a write failed, or the read loop ended)
+//	idle:      nothing queued, no goroutine
+//	scheduled: something is queued, and the client waits for its
+//	           flusher's next tick (it was written to a moment ago)
+//	writing:   a writer goroutine runs and takes what is queued
+//	closed:    nothing more is queued or written (the hub closes the
+//	           connection, a write failed, or the read loop ended)
 //
-// send moves idle to writing; the writer goroutine moves writing back to
-// idle when the queue is empty, or to closed when a write fails; closeWith
-// and finish move any state to closed. closed is final.
+// send moves idle to writing, or to scheduled for a client written to
+// within hotWindow (adaptive batching); the flusher's tick moves scheduled
+// to writing; the writer goroutine moves writing back to idle when the queue
+// is empty, or to closed when a write fails; closeWith and finish move any
+// state to closed. closed is final.
 type writer struct {
 	mu    sync.Mutex // guards the fields below
 	state wstate
@@ -32,6 +36,10 @@ type writer struct {
 	behind time.Time
 	code   websocket.StatusCode // the hub's close code, once closed by the hub
 	pinger *time.Timer          // keepalive, nil when off
+	// lastWrite is when the writer last finished a write: a client written
+	// to a moment ago is busy, and its next messages are batched.
+	lastWrite time.Time
+	fl        *flusher // the flusher that batches this client's writes
 
 	wg sync.WaitGroup // writer, pinger and closer goroutines
 }
@@ -40,6 +48,7 @@ type wstate int
 
 const (
 	wIdle wstate = iota
+	wScheduled
 	wWriting
 	wClosed
 )
@@ -84,12 +93,36 @@ func (c *Client) send(frame []byte) bool {
 		return false
 	}
 	if w.state == wIdle {
+		if c.hub.cfg.WriteCoalesce == 0 && w.fl != nil && !w.lastWrite.IsZero() && time.Since(w.lastWrite) < hotWindow {
+			// Written to a moment ago: let what follows join this message,
+			// and write them all at the flusher's next tick.
+			w.state = wScheduled
+			w.wg.Add(1)
+			w.mu.Unlock()
+			w.fl.add(c)
+			return true
+		}
 		w.state = wWriting
 		w.wg.Add(1)
 		go c.writeLoop()
 	}
 	w.mu.Unlock()
 	return true
+}
+
+// flushScheduled starts the writer of a client that waited for a tick.
+func (c *Client) flushScheduled() {
+	w := &c.w
+	w.mu.Lock()
+	if w.state != wScheduled {
+		// Closed meanwhile: the writer never runs; give its place back.
+		w.mu.Unlock()
+		w.wg.Done()
+		return
+	}
+	w.state = wWriting
+	w.mu.Unlock()
+	go c.writeLoop()
 }
 
 // closeWith moves the writer to closed for a close the hub makes with code,
@@ -158,7 +191,11 @@ func (c *Client) writeLoop() {
 		w.behind = time.Time{}
 		w.mu.Unlock()
 
-		if err := c.writeBatch(batch); err != nil {
+		err := c.writeBatch(batch)
+		w.mu.Lock()
+		w.lastWrite = time.Now()
+		w.mu.Unlock()
+		if err != nil {
 			w.mu.Lock()
 			w.state = wClosed
 			w.queue, w.bytes = nil, 0
@@ -212,4 +249,57 @@ func (c *Client) write(p []byte) error {
 	ctx, cancel := context.WithTimeout(c.hub.ctx, c.hub.cfg.WriteTimeout)
 	defer cancel()
 	return c.conn.Write(ctx, websocket.MessageText, p)
+}
+
+// Adaptive batching. A write syscall costs about as much as delivering ten
+// messages in one frame, so a busy client's messages are better written
+// together; an idle client's are written at once, with no added latency.
+const (
+	// hotWindow: a client written to less than this ago is busy.
+	hotWindow = 2 * time.Millisecond
+	// The flusher's tick grows from minTick to maxTick with the clients it
+	// flushes per tick: the busier the node, the larger each batch.
+	minTick = 500 * time.Microsecond
+	maxTick = 5 * time.Millisecond
+)
+
+// flusher starts, at its next tick, the writers of busy clients that have
+// messages queued. A hub has one per CPU; each client is bound to one.
+type flusher struct {
+	mu      sync.Mutex
+	pending []*Client
+	armed   bool
+	tick    time.Duration
+	timer   *time.Timer
+}
+
+func newFlusher() *flusher {
+	f := &flusher{tick: minTick}
+	f.timer = time.AfterFunc(time.Hour, f.flush)
+	f.timer.Stop()
+	return f
+}
+
+func (f *flusher) add(c *Client) {
+	f.mu.Lock()
+	f.pending = append(f.pending, c)
+	if !f.armed {
+		f.armed = true
+		f.timer.Reset(f.tick)
+	}
+	f.mu.Unlock()
+}
+
+func (f *flusher) flush() {
+	f.mu.Lock()
+	pending := f.pending
+	f.pending = nil
+	f.armed = false
+	// 1 client per tick: minTick; 200 or more: maxTick.
+	f.tick = min(maxTick, max(minTick, time.Duration(len(pending))*maxTick/200))
+	f.mu.Unlock()
+	for _, c := range pending {
+		c.flushScheduled()
+	}
+	clear(pending)
 }

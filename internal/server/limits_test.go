@@ -7,8 +7,10 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
+	"github.com/hubcluster/hubcluster/internal/hubtest"
 )
 
 func TestClientIP(t *testing.T) {
@@ -46,7 +48,7 @@ func dialWith(t *testing.T, n *node, xff string) (int, *websocket.Conn) {
 	if xff != "" {
 		h.Set("X-Forwarded-For", xff)
 	}
-	c, resp, err := websocket.Dial(context.Background(), "ws"+strings.TrimPrefix(n.url, "http")+"/ws", &websocket.DialOptions{HTTPHeader: h})
+	c, resp, err := websocket.Dial(context.Background(), wsURL(n), &websocket.DialOptions{HTTPHeader: h})
 	if err == nil {
 		t.Cleanup(func() { c.CloseNow() })
 		return resp.StatusCode, c
@@ -90,12 +92,10 @@ func TestConnectionLimits(t *testing.T) {
 		}
 		first.Close(websocket.StatusNormalClosure, "")
 		// Its slot comes back once its connection is gone.
-		for range 100 {
-			if got, _ := dialWith(t, n, "198.51.100.1"); got == 101 {
-				return
-			}
-		}
-		t.Fatal("the slot of a closed connection never came back")
+		hubtest.Eventually(t, 10*time.Second, func() bool {
+			got, _ := dialWith(t, n, "198.51.100.1")
+			return got == 101
+		}, "the slot of a closed connection to come back")
 	})
 }
 

@@ -10,6 +10,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +20,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/hubcluster/hubcluster/internal/hub"
+	"github.com/hubcluster/hubcluster/internal/hubtest"
 	"github.com/hubcluster/hubcluster/internal/pubsub"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
@@ -73,52 +77,17 @@ func startNode(t *testing.T, cfg Config, run bool) *node {
 	return n
 }
 
-// waitRunning polls until Run has started, failing the test after 10s.
+// waitRunning waits until Run has started, failing the test after 10s.
 func waitRunning(t *testing.T, h *hub.Hub) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !h.Running() {
-		if time.Now().After(deadline) {
-			t.Fatal("the hub's Run never started")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	hubtest.Eventually(t, 10*time.Second, h.Running, "the hub's Run to start")
 }
 
-func dial(t *testing.T, n *node, h http.Header) *websocket.Conn {
-	t.Helper()
-	conn, resp, err := websocket.Dial(context.Background(), "ws"+strings.TrimPrefix(n.url, "http")+"/ws", &websocket.DialOptions{HTTPHeader: h})
-	if err != nil {
-		status := 0
-		if resp != nil {
-			status = resp.StatusCode
-		}
-		t.Fatalf("dial: %v (HTTP %d)", err, status)
-	}
-	t.Cleanup(func() { conn.CloseNow() })
-	return conn
-}
+func wsURL(n *node) string { return "ws" + strings.TrimPrefix(n.url, "http") + "/ws" }
 
-func send(t *testing.T, c *websocket.Conn, s string) {
+func dial(t *testing.T, n *node, h http.Header) *hubtest.Client {
 	t.Helper()
-	if err := c.Write(context.Background(), websocket.MessageText, []byte(s)); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func recv(t *testing.T, c *websocket.Conn) map[string]any {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	_, p, err := c.Read(ctx)
-	if err != nil {
-		t.Fatalf("read: %v", err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(p, &m); err != nil {
-		t.Fatalf("frame %q: %v", p, err)
-	}
-	return m
+	return hubtest.Dial(t, wsURL(n), &websocket.DialOptions{HTTPHeader: h})
 }
 
 func postPublish(t *testing.T, n *node, key, body string) (int, map[string]any) {
@@ -198,23 +167,23 @@ func TestPublishRefusesCrossSiteRequests(t *testing.T) {
 func TestTwoClientsReceiveClientAndHTTPPublishes(t *testing.T) {
 	n := startNode(t, Config{APIKey: "k"}, true)
 	a, b := dial(t, n, nil), dial(t, n, nil)
-	for _, c := range []*websocket.Conn{a, b} {
-		send(t, c, `{"type":"subscribe","room":"lobby","id":"s"}`)
-		if m := recv(t, c); m["type"] != "ack" || m["id"] != "s" {
+	for _, c := range []*hubtest.Client{a, b} {
+		c.Send(`{"type":"subscribe","room":"lobby","id":"s"}`)
+		if m := c.Next(10 * time.Second); m["type"] != "ack" || m["id"] != "s" {
 			t.Fatalf("got %v, want ack s", m)
 		}
 	}
-	send(t, a, `{"type":"publish","room":"lobby","data":{"text":"hi"}}`)
-	for _, c := range []*websocket.Conn{a, b} {
-		if m := recv(t, c); m["type"] != "message" || m["room"] != "lobby" || m["data"].(map[string]any)["text"] != "hi" {
+	a.Send(`{"type":"publish","room":"lobby","data":{"text":"hi"}}`)
+	for _, c := range []*hubtest.Client{a, b} {
+		if m := c.Next(10 * time.Second); m["type"] != "message" || m["room"] != "lobby" || m["data"].(map[string]any)["text"] != "hi" {
 			t.Fatalf("got %v, want the message", m)
 		}
 	}
 	if code, body := postPublish(t, n, "k", "{\"room\":\"lobby\",\"data\":{\n  \"text\": \"from http\"\n}}"); code != http.StatusAccepted {
 		t.Fatalf("POST /v1/publish: got %d %v, want 202", code, body)
 	}
-	for _, c := range []*websocket.Conn{a, b} {
-		if m := recv(t, c); m["data"].(map[string]any)["text"] != "from http" {
+	for _, c := range []*hubtest.Client{a, b} {
+		if m := c.Next(10 * time.Second); m["data"].(map[string]any)["text"] != "from http" {
 			t.Fatalf("got %v, want the HTTP message", m)
 		}
 	}
@@ -256,7 +225,6 @@ func TestPublishEndpointRejections(t *testing.T) {
 
 func TestOrigins(t *testing.T) {
 	n := startNode(t, Config{AllowedOrigins: []string{"app.example.com"}}, true)
-	wsURL := "ws" + strings.TrimPrefix(n.url, "http") + "/ws"
 	tests := []struct {
 		origin string
 		want   int
@@ -270,7 +238,7 @@ func TestOrigins(t *testing.T) {
 		if tt.origin != "" {
 			h.Set("Origin", tt.origin)
 		}
-		conn, resp, err := websocket.Dial(context.Background(), wsURL, &websocket.DialOptions{HTTPHeader: h})
+		conn, resp, err := websocket.Dial(context.Background(), wsURL(n), &websocket.DialOptions{HTTPHeader: h})
 		if conn != nil {
 			conn.CloseNow()
 		}
@@ -313,13 +281,13 @@ func TestReadinessAndDraining(t *testing.T) {
 	if got := get("/readyz"); got != 503 {
 		t.Errorf("draining: /readyz got %d, want 503", got)
 	}
-	_, resp, err := websocket.Dial(context.Background(), "ws"+strings.TrimPrefix(n.url, "http")+"/ws", nil)
+	_, resp, err := websocket.Dial(context.Background(), wsURL(n), nil)
 	if err == nil || resp == nil || resp.StatusCode != 503 {
 		t.Errorf("draining: upgrade got %v, want HTTP 503", err)
 	}
 	// The client that was already there is still served.
-	send(t, c, `{"type":"subscribe","room":"r","id":1}`)
-	if m := recv(t, c); m["type"] != "ack" {
+	c.Send(`{"type":"subscribe","room":"r","id":1}`)
+	if m := c.Next(10 * time.Second); m["type"] != "ack" {
 		t.Errorf("got %v, want ack", m)
 	}
 }
@@ -327,8 +295,8 @@ func TestReadinessAndDraining(t *testing.T) {
 func TestMetricsEndpoint(t *testing.T) {
 	n := startNode(t, Config{}, true)
 	c := dial(t, n, nil)
-	send(t, c, `{"type":"subscribe","room":"r","id":1}`)
-	recv(t, c)
+	c.Send(`{"type":"subscribe","room":"r","id":1}`)
+	c.Next(10 * time.Second)
 	resp, err := http.Get(n.url + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -442,5 +410,43 @@ func TestHistoryEndpoint(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 404 {
 		t.Errorf("history off: got %d, want 404", resp.StatusCode)
+	}
+}
+
+// Every endpoint the server routes is in docs/protocol.md's endpoint table,
+// and every documented endpoint is routed.
+func TestProtocolDocListsEveryEndpoint(t *testing.T) {
+	b, err := os.ReadFile("../../docs/protocol.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, _ := strings.Cut(string(b), "\n## HTTP endpoints\n")
+	section, _, _ = strings.Cut(section, "\n## ")
+	var documented []string
+	for _, line := range strings.Split(section, "\n") {
+		if strings.HasPrefix(line, "| `") {
+			cell := strings.Trim(strings.TrimSpace(strings.Split(line, "|")[1]), "`")
+			path, _, _ := strings.Cut(cell, "?")
+			documented = append(documented, path)
+		}
+	}
+	src, err := os.ReadFile("server.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	routed := regexp.MustCompile(`s\.mux\.Handle(?:Func)?\("([A-Z]+ /[^"]*)"`).FindAllStringSubmatch(string(src), -1)
+	var routes []string
+	for _, m := range routed {
+		routes = append(routes, m[1])
+	}
+	for _, r := range routes {
+		if !slices.Contains(documented, r) {
+			t.Errorf("route %q is not in docs/protocol.md", r)
+		}
+	}
+	for _, d := range documented {
+		if !slices.Contains(routes, d) {
+			t.Errorf("docs/protocol.md documents %q, which the server does not route", d)
+		}
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hubcluster/hubcluster/internal/hubtest"
 )
 
 // cluster is Redis behind a proxy, and nodes that reach Redis through it.
@@ -51,16 +53,9 @@ func (c *cluster) numsub(t *testing.T, room string) int64 {
 
 func (c *cluster) waitNumsub(t *testing.T, room string, want int64) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got := c.numsub(t, room)
-		if got == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("PUBSUB NUMSUB %s: got %d, want %d", room, got, want)
-		}
-		time.Sleep(20 * time.Millisecond)
+	var got int64
+	if !hubtest.Poll(10*time.Second, func() bool { got = c.numsub(t, room); return got == want }) {
+		t.Fatalf("PUBSUB NUMSUB %s: got %d, want %d", room, got, want)
 	}
 }
 
@@ -68,17 +63,17 @@ func TestCrossNodeDelivery(t *testing.T) {
 	c := startCluster(t, 3)
 	a, b, cn := c.nodes[0], c.nodes[1], c.nodes[2]
 	onA, onC := dialNode(t, a), dialNode(t, cn)
-	onA.subscribe("news")
-	onC.subscribe("news")
+	onA.Subscribe("news")
+	onC.Subscribe("news")
 
-	onC.send(`{"type":"publish","room":"news","data":{"from":"c"},"id":"p1"}`)
-	if m := onA.next(10 * time.Second); m["type"] != "message" || m["data"].(map[string]any)["from"] != "c" {
+	onC.Send(`{"type":"publish","room":"news","data":{"from":"c"},"id":"p1"}`)
+	if m := onA.Next(10 * time.Second); m["type"] != "message" || m["data"].(map[string]any)["from"] != "c" {
 		t.Fatalf("client on A: got %v, want the message published on C", m)
 	}
 	// The publisher, subscribed, gets its own message once, and the ack.
 	got := map[string]int{}
 	for range 2 {
-		got[onC.next(10 * time.Second)["type"].(string)]++
+		got[onC.Next(10 * time.Second)["type"].(string)]++
 	}
 	if got["message"] != 1 || got["ack"] != 1 {
 		t.Fatalf("client on C: got %v, want one message and one ack", got)
@@ -87,14 +82,14 @@ func TestCrossNodeDelivery(t *testing.T) {
 	if code := b.publishHTTP("news", "from b"); code != http.StatusAccepted {
 		t.Fatalf("POST /v1/publish on B: got %d, want 202", code)
 	}
-	for _, cl := range []*client{onA, onC} {
-		if m := cl.next(10 * time.Second); m["data"] != "from b" {
+	for _, cl := range []*hubtest.Client{onA, onC} {
+		if m := cl.Next(10 * time.Second); m["data"] != "from b" {
 			t.Fatalf("got %v, want the message published on B", m)
 		}
 	}
 	// Nothing is delivered twice (no echo through the node's own subscription).
-	onA.expectNothing(300 * time.Millisecond)
-	onC.expectNothing(10 * time.Millisecond)
+	onA.ExpectNothing(300 * time.Millisecond)
+	onC.ExpectNothing(10 * time.Millisecond)
 }
 
 // A room spread over three nodes with hundreds of members: every member gets
@@ -102,20 +97,23 @@ func TestCrossNodeDelivery(t *testing.T) {
 func TestRoomAcrossThreeNodesExactlyOnceInOrder(t *testing.T) {
 	c := startCluster(t, 3)
 	const perNode, msgs = 100, 100
-	var members []*client
+	var members []*hubtest.Client
 	for _, n := range c.nodes {
 		for range perNode {
 			cl := dialNode(t, n)
-			cl.subscribe("big")
+			cl.Subscribe("big")
 			members = append(members, cl)
 		}
 	}
-	publishers := []*client{dialNode(t, c.nodes[0]), dialNode(t, c.nodes[1]), dialNode(t, c.nodes[2])}
+	publishers := []*hubtest.Client{dialNode(t, c.nodes[0]), dialNode(t, c.nodes[1]), dialNode(t, c.nodes[2])}
 	var wg sync.WaitGroup
 	for p, pub := range publishers {
 		wg.Go(func() {
 			for i := range msgs {
-				pub.send(`{"type":"publish","room":"big","data":{"p":%d,"i":%d}}`, p, i)
+				if err := pub.TrySend(`{"type":"publish","room":"big","data":{"p":%d,"i":%d}}`, p, i); err != nil {
+					t.Errorf("publisher %d: %v", p, err)
+					return
+				}
 			}
 		})
 	}
@@ -123,7 +121,7 @@ func TestRoomAcrossThreeNodesExactlyOnceInOrder(t *testing.T) {
 	for k, m := range members {
 		next := make([]int, len(publishers))
 		for range len(publishers) * msgs {
-			obj := m.nextOfType("message", 30*time.Second)
+			obj := m.NextOfType("message", 30*time.Second)
 			d := obj["data"].(map[string]any)
 			p, i := int(d["p"].(float64)), int(d["i"].(float64))
 			if i != next[p] {
@@ -133,9 +131,9 @@ func TestRoomAcrossThreeNodesExactlyOnceInOrder(t *testing.T) {
 		}
 	}
 	for _, m := range members {
-		m.expectNothing(time.Millisecond)
+		m.ExpectNothing(time.Millisecond)
 	}
-	members[0].expectNothing(200 * time.Millisecond)
+	members[0].ExpectNothing(200 * time.Millisecond)
 }
 
 // A node subscribes to a room's channel only while it has local members.
@@ -145,18 +143,18 @@ func TestNodeInterest(t *testing.T) {
 	if got := c.numsub(t, "lobby"); got != 0 {
 		t.Fatalf("before anyone joined: got %d subscribers, want 0", got)
 	}
-	a1.subscribe("lobby")
-	a2.subscribe("lobby")
-	b1.subscribe("lobby")
+	a1.Subscribe("lobby")
+	a2.Subscribe("lobby")
+	b1.Subscribe("lobby")
 	c.waitNumsub(t, "lobby", 2) // one per node, not per client
-	a1.send(`{"type":"unsubscribe","room":"lobby","id":1}`)
-	a1.next(10 * time.Second)
+	a1.Send(`{"type":"unsubscribe","room":"lobby","id":1}`)
+	a1.Next(10 * time.Second)
 	if got := c.numsub(t, "lobby"); got != 2 {
 		t.Fatalf("one of two members on A left: got %d subscribers, want 2", got)
 	}
-	a2.conn.CloseNow() // the last member on A goes away
+	a2.CloseNow() // the last member on A goes away
 	c.waitNumsub(t, "lobby", 1)
-	b1.send(`{"type":"unsubscribe","room":"lobby","id":2}`)
+	b1.Send(`{"type":"unsubscribe","room":"lobby","id":2}`)
 	c.waitNumsub(t, "lobby", 0)
 }
 
@@ -167,10 +165,10 @@ func TestManyRoomsSubscribe(t *testing.T) {
 	const rooms = 2000
 	sub, pub := dialNode(t, c.nodes[0]), dialNode(t, c.nodes[1])
 	for i := range rooms {
-		sub.send(`{"type":"subscribe","room":"r%d","id":%d}`, i, i)
+		sub.Send(`{"type":"subscribe","room":"r%d","id":%d}`, i, i)
 	}
 	for range rooms {
-		if m := sub.next(30 * time.Second); m["type"] != "ack" {
+		if m := sub.Next(30 * time.Second); m["type"] != "ack" {
 			t.Fatalf("got %v, want ack", m)
 		}
 	}
@@ -178,11 +176,11 @@ func TestManyRoomsSubscribe(t *testing.T) {
 		t.Errorf("hub_redis_subscriptions: got %v, want %d", got, rooms)
 	}
 	for i := range rooms {
-		pub.send(`{"type":"publish","room":"r%d","data":%d}`, i, i)
+		pub.Send(`{"type":"publish","room":"r%d","data":%d}`, i, i)
 	}
 	seen := make(map[float64]bool)
 	for range rooms {
-		m := sub.nextOfType("message", 30*time.Second)
+		m := sub.NextOfType("message", 30*time.Second)
 		seen[m["data"].(float64)] = true
 	}
 	if len(seen) != rooms {
@@ -199,7 +197,7 @@ func TestRedisDownAtStart(t *testing.T) {
 	if code, reason := n.readyStatus(); code != 503 || reason == "" {
 		t.Fatalf("/readyz: got %d %q, want 503 with a reason", code, reason)
 	}
-	if _, err := tryDial(t, n); err == nil {
+	if _, _, err := hubtest.TryDial(t, n.wsURL(), nil); err == nil {
 		t.Fatal("WebSocket upgrade succeeded on a node without Redis, want 503")
 	}
 	if code := n.publishHTTP("r", 1); code != http.StatusServiceUnavailable {
@@ -210,7 +208,7 @@ func TestRedisDownAtStart(t *testing.T) {
 	took := n.waitReady(30 * time.Second)
 	t.Logf("ready %v after Redis appeared", took.Round(time.Millisecond))
 	cl := dialNode(t, n)
-	cl.subscribe("r")
+	cl.Subscribe("r")
 }
 
 // Redis restarts mid-traffic, history off (at-most-once): the nodes say
@@ -219,10 +217,10 @@ func TestRedisDownAtStart(t *testing.T) {
 func TestRedisRestart(t *testing.T) {
 	c := startCluster(t, 2, "HUB_HISTORY_SIZE=0")
 	a, b := dialNode(t, c.nodes[0]), dialNode(t, c.nodes[1])
-	a.subscribe("live")
-	b.subscribe("live")
-	b.send(`{"type":"publish","room":"live","data":"before"}`)
-	if m := a.nextOfType("message", 10*time.Second); m["data"] != "before" {
+	a.Subscribe("live")
+	b.Subscribe("live")
+	b.Send(`{"type":"publish","room":"live","data":"before"}`)
+	if m := a.NextOfType("message", 10*time.Second); m["data"] != "before" {
 		t.Fatalf("got %v", m)
 	}
 
@@ -231,8 +229,8 @@ func TestRedisRestart(t *testing.T) {
 	for _, n := range c.nodes {
 		n.waitStatus(503, 10*time.Second)
 	}
-	b.send(`{"type":"publish","room":"live","data":"during","id":"d"}`)
-	if m := b.nextOfType("error", 15*time.Second); m["code"] != "unavailable" || m["id"] != "d" {
+	b.Send(`{"type":"publish","room":"live","data":"during","id":"d"}`)
+	if m := b.NextOfType("error", 15*time.Second); m["code"] != "unavailable" || m["id"] != "d" {
 		t.Fatalf("publish while Redis is down: got %v, want error unavailable", m)
 	}
 	c.redis.start(t)
@@ -240,8 +238,8 @@ func TestRedisRestart(t *testing.T) {
 	for _, n := range c.nodes {
 		n.waitReady(30 * time.Second)
 	}
-	for _, cl := range []*client{a, b} {
-		if m := cl.nextOfType("gap", 10*time.Second); m["room"] != "live" {
+	for _, cl := range []*hubtest.Client{a, b} {
+		if m := cl.NextOfType("gap", 10*time.Second); m["room"] != "live" {
 			t.Fatalf("got %v, want a gap for room live", m)
 		}
 	}
@@ -251,8 +249,8 @@ func TestRedisRestart(t *testing.T) {
 		}
 	}
 	c.waitNumsub(t, "live", 2)
-	b.send(`{"type":"publish","room":"live","data":"after"}`)
-	if m := a.nextOfType("message", 10*time.Second); m["data"] != "after" {
+	b.Send(`{"type":"publish","room":"live","data":"after"}`)
+	if m := a.NextOfType("message", 10*time.Second); m["data"] != "after" {
 		t.Fatalf("after the restart: got %v, want the new message", m)
 	}
 }
@@ -263,12 +261,12 @@ func TestRedisRestart(t *testing.T) {
 func TestSilentOutage(t *testing.T) {
 	c := startCluster(t, 2, "HUB_HISTORY_SIZE=0")
 	a, b := dialNode(t, c.nodes[0]), dialNode(t, c.nodes[1])
-	a.subscribe("quiet")
-	b.subscribe("quiet")
+	a.Subscribe("quiet")
+	b.Subscribe("quiet")
 	c.proxy.silence()
 	// The node notices (it may be ready again within milliseconds: the new
 	// connection through the proxy works), tells the gap, and counts it.
-	if m := a.nextOfType("gap", 20*time.Second); m["room"] != "quiet" {
+	if m := a.NextOfType("gap", 20*time.Second); m["room"] != "quiet" {
 		t.Fatalf("got %v, want a gap for room quiet", m)
 	}
 	if got := c.nodes[0].metric("hub_redis_silent_resets_total"); got < 1 {
@@ -276,8 +274,8 @@ func TestSilentOutage(t *testing.T) {
 	}
 	c.nodes[0].waitReady(30 * time.Second)
 	c.nodes[1].waitReady(30 * time.Second)
-	b.send(`{"type":"publish","room":"quiet","data":"again"}`)
-	if m := a.nextOfType("message", 10*time.Second); m["data"] != "again" {
+	b.Send(`{"type":"publish","room":"quiet","data":"again"}`)
+	if m := a.NextOfType("message", 10*time.Second); m["data"] != "again" {
 		t.Fatalf("after the outage: got %v, want the new message", m)
 	}
 }

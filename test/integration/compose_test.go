@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/hubcluster/hubcluster/internal/hubtest"
 )
 
 // composeCmd is "docker compose" when the v2 plugin is there, else Debian's
@@ -79,20 +81,19 @@ func (s *stack) nodeMetric(service, name string) float64 {
 
 func waitHTTP(t *testing.T, url string, want int, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
 	client := &http.Client{Timeout: time.Second}
-	for {
+	var last any
+	if !hubtest.Poll(timeout, func() bool {
 		resp, err := client.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == want {
-				return
-			}
+		if err != nil {
+			last = err
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not answer %d within %v (last: %v)", url, want, timeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
+		resp.Body.Close()
+		last = resp.Status
+		return resp.StatusCode == want
+	}) {
+		t.Fatalf("%s did not answer %d within %v (last: %v)", url, want, timeout, last)
 	}
 }
 
@@ -232,15 +233,23 @@ func (m *member) consume(p []byte) (acked bool) {
 	return acked
 }
 
-func (m *member) expectMarker(want string) {
+// expectMarkers checks that the next markers are want, in any order: a room
+// keeps each publisher's order, not an order between publishers.
+func (m *member) expectMarkers(want ...string) {
 	m.t.Helper()
-	select {
-	case got := <-m.markers:
-		if got != want {
-			m.t.Fatalf("got marker %q, want %q", got, want)
+	var got []string
+	timeout := time.After(20 * time.Second)
+	for len(got) < len(want) {
+		select {
+		case s := <-m.markers:
+			got = append(got, s)
+		case <-timeout:
+			m.t.Fatalf("got markers %q, want %q", got, want)
 		}
-	case <-time.After(20 * time.Second):
-		m.t.Fatalf("marker %q never arrived", want)
+	}
+	slices.Sort(got)
+	if w := slices.Sorted(slices.Values(want)); !slices.Equal(got, w) {
+		m.t.Fatalf("got markers %q, want %q", got, w)
 	}
 }
 
@@ -304,20 +313,15 @@ func TestComposeRollingRestart(t *testing.T) {
 		members[i] = newMember(t, lb, "smoke")
 	}
 	perNode := map[string]float64{}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	if !hubtest.Poll(20*time.Second, func() bool {
 		total := 0.0
 		for _, svc := range []string{"node-a", "node-b", "node-c"} {
 			perNode[svc] = s.nodeMetric(svc, "hub_connections")
 			total += perNode[svc]
 		}
-		if total == clients {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("connections per replica %v, want %d in all", perNode, clients)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return total == clients
+	}) {
+		t.Fatalf("connections per replica %v, want %d in all", perNode, clients)
 	}
 	t.Logf("connections per replica: %v", perNode)
 	for svc, n := range perNode {
@@ -327,13 +331,8 @@ func TestComposeRollingRestart(t *testing.T) {
 	}
 	waitSubscribed := func() {
 		for _, svc := range []string{"node-a", "node-b", "node-c"} {
-			deadline := time.Now().Add(20 * time.Second)
-			for s.nodeMetric(svc, "hub_rooms") != 1 {
-				if time.Now().After(deadline) {
-					t.Fatalf("replica %s: room not joined", svc)
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
+			hubtest.Eventually(t, 20*time.Second, func() bool { return s.nodeMetric(svc, "hub_rooms") == 1 },
+				"replica %s to join the room", svc)
 		}
 	}
 	waitSubscribed()
@@ -343,8 +342,7 @@ func TestComposeRollingRestart(t *testing.T) {
 		t.Fatalf("POST /v1/publish through the load balancer: got %d, want 202", code)
 	}
 	for _, m := range members {
-		m.expectMarker("from-a-client")
-		m.expectMarker("from-http")
+		m.expectMarkers("from-a-client", "from-http") // two publishers: either order
 	}
 
 	// 2. SIGTERM one replica while messages flow.
@@ -379,10 +377,8 @@ func TestComposeRollingRestart(t *testing.T) {
 		}
 		return n
 	}
-	moved := countMoved()
-	for ; moved < onVictim && time.Since(restartStart) < 40*time.Second; moved = countMoved() {
-		time.Sleep(50 * time.Millisecond)
-	}
+	var moved int
+	hubtest.Poll(40*time.Second-time.Since(restartStart), func() bool { moved = countMoved(); return moved >= onVictim })
 	if moved != onVictim {
 		t.Fatalf("%d clients reconnected, want the %d that were on node-b", moved, onVictim)
 	}
@@ -390,18 +386,15 @@ func TestComposeRollingRestart(t *testing.T) {
 	if code := strings.TrimSpace(string(out)); code != "0" {
 		t.Errorf("drained replica exited %s, want 0", code)
 	}
+	// The publisher stops before the marker goes out: a member that has the
+	// marker has every numbered message it will get.
+	close(stopPub)
+	pubWG.Wait()
 	if code := publishLB(t, lb, "after-drain"); code != 202 {
 		t.Fatalf("publish after the drain: got %d", code)
 	}
-	close(stopPub)
-	pubWG.Wait()
 	for _, m := range members {
-		for {
-			got := <-m.markers
-			if got == "after-drain" {
-				break
-			}
-		}
+		m.expectMarkers("after-drain")
 	}
 	failedConns, movedMissing, stayedMissing := 0, 0, 0
 	last := int(seq.Load())

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hubcluster/hubcluster/internal/hubtest"
 )
 
 // Regressions for what an outside review broke by attacking a running
@@ -25,9 +27,9 @@ import (
 func TestRedisStallPublisherNotPunishedAndAnswersHonest(t *testing.T) {
 	c := startCluster(t, 2, "HUB_HISTORY_SIZE=0", "HUB_BROKER_TIMEOUT=2s")
 	a, b := c.nodes[0], c.nodes[1]
-	members := []*client{dialNode(t, a), dialNode(t, b)}
+	members := []*hubtest.Client{dialNode(t, a), dialNode(t, b)}
 	for _, m := range members {
-		m.subscribe("stall")
+		m.Subscribe("stall")
 	}
 	pub := dialNode(t, a)
 	type outcome struct {
@@ -40,11 +42,17 @@ func TestRedisStallPublisherNotPunishedAndAnswersHonest(t *testing.T) {
 	closed := make(chan error, 1)
 	go func() { // the publisher's replies
 		for {
-			select {
-			case <-pub.done:
-				closed <- pub.err
-				return
-			case m := <-pub.in:
+			m, err := pub.TryNext(time.Second)
+			if err != nil {
+				select {
+				case <-pub.Done():
+					closed <- err
+					return
+				default:
+					continue // nothing this second
+				}
+			}
+			{
 				id, err := strconv.Atoi(fmt.Sprint(m["id"]))
 				if err != nil {
 					continue
@@ -71,7 +79,7 @@ func TestRedisStallPublisherNotPunishedAndAnswersHonest(t *testing.T) {
 		mu.Lock()
 		sentAt[i] = time.Now()
 		mu.Unlock()
-		pub.send(`{"type":"publish","room":"stall","data":%d,"id":%d}`, i, i)
+		pub.Send(`{"type":"publish","room":"stall","data":%d,"id":%d}`, i, i)
 		time.Sleep(time.Second / rate)
 	}
 	deadline := time.Now().Add(30 * time.Second)
@@ -113,12 +121,8 @@ func TestRedisStallPublisherNotPunishedAndAnswersHonest(t *testing.T) {
 		seen := map[int]int{}
 		last := -1
 		for {
-			var obj map[string]any
-			select {
-			case obj = <-m.in:
-			default:
-			}
-			if obj == nil {
+			obj, err := m.TryNext(10 * time.Millisecond)
+			if err != nil {
 				break
 			}
 			if obj["type"] != "message" {
@@ -154,10 +158,10 @@ func TestRedisStallPublisherNotPunishedAndAnswersHonest(t *testing.T) {
 func TestRedisStallBurstDoesNotCutHealthyMembers(t *testing.T) {
 	c := startCluster(t, 1, "HUB_HISTORY_SIZE=0", "HUB_REDIS_PROBE_TIMEOUT=5s")
 	n := c.nodes[0]
-	var members []*client
+	var members []*hubtest.Client
 	for range 100 {
 		m := dialNode(t, n)
-		m.subscribe("burst")
+		m.Subscribe("burst")
 		members = append(members, m)
 	}
 	var received atomic.Int64
@@ -169,10 +173,12 @@ func TestRedisStallBurstDoesNotCutHealthyMembers(t *testing.T) {
 				select {
 				case <-stop:
 					return
-				case <-m.done:
-					return
-				case <-m.in:
+				default:
+				}
+				if _, err := m.TryNext(100 * time.Millisecond); err == nil {
 					received.Add(1)
+				} else if isDone(m) {
+					return
 				}
 			}
 		})
@@ -195,10 +201,8 @@ func TestRedisStallBurstDoesNotCutHealthyMembers(t *testing.T) {
 		"every member to read every accepted message")
 	cut := 0
 	for _, m := range members {
-		select {
-		case <-m.done:
+		if isDone(m) {
 			cut++
-		default:
 		}
 	}
 	t.Logf("%d publishes waited out a 2s stall and were accepted at once; %d messages read by 100 members; %d cut",
@@ -235,11 +239,11 @@ func TestDuplicateNodeIDIsToldAndHarmless(t *testing.T) {
 		t.Errorf("the first node with the id: /readyz %d, want 200", code)
 	}
 	onFirst := dialNode(t, first)
-	onFirst.subscribe("dup")
+	onFirst.Subscribe("dup")
 	if code := second.publishHTTP("dup", "from-second"); code != 202 {
 		t.Fatalf("publish on the second node: got %d, want 202", code)
 	}
-	if m := onFirst.nextOfType("message", 10*time.Second); m["data"] != "from-second" {
+	if m := onFirst.NextOfType("message", 10*time.Second); m["data"] != "from-second" {
 		t.Fatalf("the first node's member got %v, want the second node's message", m)
 	}
 	first.signal(syscall.SIGTERM)
@@ -255,7 +259,7 @@ func TestKickedSubscriptionCountsAsReconnect(t *testing.T) {
 	c := startCluster(t, 1)
 	n := c.nodes[0]
 	cl := dialNode(t, n)
-	cl.subscribe("kick")
+	cl.Subscribe("kick")
 	rc := c.redis.client(t)
 	ctx := context.Background()
 	old, err := rc.ConfigGet(ctx, "client-output-buffer-limit").Result()
@@ -341,11 +345,11 @@ func TestPublishRefusedWhileSubscriptionDown(t *testing.T) {
 	c := startCluster(t, 1, "HUB_HISTORY_SIZE=0")
 	n := c.nodes[0]
 	cl := dialNode(t, n)
-	cl.subscribe("down")
+	cl.Subscribe("down")
 	if code := n.publishHTTP("down", "warm"); code != 202 { // the publish connection exists
 		t.Fatalf("publish: got %d", code)
 	}
-	cl.nextOfType("message", 10*time.Second)
+	cl.NextOfType("message", 10*time.Second)
 	rc := c.redis.client(t)
 	ctx := context.Background()
 	info, err := rc.Info(ctx, "clients").Result()
@@ -367,8 +371,8 @@ func TestPublishRefusedWhileSubscriptionDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.waitStatus(503, 10*time.Second)
-	cl.send(`{"type":"publish","room":"down","data":"while-down","id":"w"}`)
-	m := cl.nextOfType("error", 10*time.Second)
+	cl.Send(`{"type":"publish","room":"down","data":"while-down","id":"w"}`)
+	m := cl.NextOfType("error", 10*time.Second)
 	if m["code"] != "unavailable" || m["id"] != "w" {
 		t.Fatalf("publish while /readyz says 503: got %v, want error unavailable", m)
 	}
@@ -382,11 +386,15 @@ func TestPublishRefusedWhileSubscriptionDown(t *testing.T) {
 // eventually polls cond until it holds, failing the test after timeout.
 func eventually(t *testing.T, timeout time.Duration, cond func() bool, what string) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %v for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
+	hubtest.Eventually(t, timeout, cond, "%s", what)
+}
+
+// isDone reports whether c's connection has ended.
+func isDone(c *hubtest.Client) bool {
+	select {
+	case <-c.Done():
+		return true
+	default:
+		return false
 	}
 }

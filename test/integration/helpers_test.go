@@ -24,7 +24,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
+	"github.com/hubcluster/hubcluster/internal/hubtest"
 	"github.com/redis/go-redis/v9"
 	"github.com/testcontainers/testcontainers-go"
 	"github.com/testcontainers/testcontainers-go/wait"
@@ -377,17 +377,12 @@ func (n *node) waitReady(timeout time.Duration) time.Duration {
 func (n *node) waitStatus(code int, timeout time.Duration) time.Duration {
 	n.t.Helper()
 	start := time.Now()
-	deadline := start.Add(timeout)
-	for {
-		got, reason := n.readyStatus()
-		if got == code {
-			return time.Since(start)
-		}
-		if time.Now().After(deadline) {
-			n.t.Fatalf("node %s: /readyz stayed %d (%s), want %d", n.id, got, reason, code)
-		}
-		time.Sleep(20 * time.Millisecond)
+	var got int
+	var reason string
+	if !hubtest.Poll(timeout, func() bool { got, reason = n.readyStatus(); return got == code }) {
+		n.t.Fatalf("node %s: /readyz stayed %d (%s), want %d", n.id, got, reason, code)
 	}
+	return time.Since(start)
 }
 
 // metric returns the value of a metric line (name with labels, exactly as
@@ -426,116 +421,14 @@ func (n *node) publishHTTP(room string, data any) int {
 	return resp.StatusCode
 }
 
-// client is a WebSocket client that reads in the background and keeps every
-// object it receives.
-type client struct {
-	t    *testing.T
-	conn *websocket.Conn
-	in   chan map[string]any
-	done chan struct{}
-	err  error // why reading stopped, valid once done is closed
-}
+// wsURL is the node's WebSocket endpoint.
+func (n *node) wsURL() string { return "ws://" + n.addr + "/ws" }
 
-func dialNode(t *testing.T, n *node) *client {
+// dialNode connects a client to n (see hubtest.Client: it reads in the
+// background, queues without bound, and is closed when the test ends).
+func dialNode(t *testing.T, n *node) *hubtest.Client {
 	t.Helper()
-	c, err := tryDial(t, n)
-	if err != nil {
-		t.Fatalf("dial node %s: %v", n.id, err)
-	}
-	return c
-}
-
-func tryDial(t *testing.T, n *node) (*client, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, _, err := websocket.Dial(ctx, "ws://"+n.addr+"/ws", nil)
-	if err != nil {
-		return nil, err
-	}
-	conn.SetReadLimit(-1)
-	c := &client{t: t, conn: conn, in: make(chan map[string]any, 1024), done: make(chan struct{})}
-	go c.readLoop()
-	t.Cleanup(func() {
-		conn.CloseNow()
-		<-c.done
-	})
-	return c, nil
-}
-
-func (c *client) readLoop() {
-	defer close(c.done)
-	for {
-		_, p, err := c.conn.Read(context.Background())
-		if err != nil {
-			c.err = err
-			return
-		}
-		for line := range bytes.SplitSeq(p, []byte("\n")) {
-			var m map[string]any
-			if err := json.Unmarshal(line, &m); err != nil {
-				c.err = fmt.Errorf("line %q is not JSON: %w", line, err)
-				return
-			}
-			c.in <- m
-		}
-	}
-}
-
-func (c *client) send(format string, args ...any) {
-	c.t.Helper()
-	if err := c.conn.Write(context.Background(), websocket.MessageText, fmt.Appendf(nil, format, args...)); err != nil {
-		c.t.Fatalf("write: %v", err)
-	}
-}
-
-// next returns the next object, failing the test after timeout.
-func (c *client) next(timeout time.Duration) map[string]any {
-	c.t.Helper()
-	select {
-	case m := <-c.in:
-		return m
-	case <-c.done:
-		select {
-		case m := <-c.in:
-			return m
-		default:
-		}
-		c.t.Fatalf("connection ended while waiting: %v", c.err)
-	case <-time.After(timeout):
-		c.t.Fatalf("nothing received in %v", timeout)
-	}
-	return nil
-}
-
-// nextOfType skips objects of other types until one of typ arrives.
-func (c *client) nextOfType(typ string, timeout time.Duration) map[string]any {
-	c.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		m := c.next(time.Until(deadline))
-		if m["type"] == typ {
-			return m
-		}
-	}
-}
-
-func (c *client) subscribe(room string) {
-	c.t.Helper()
-	c.send(`{"type":"subscribe","room":%q,"id":"sub-%s"}`, room, room)
-	m := c.next(10 * time.Second)
-	if m["type"] != "ack" || m["id"] != "sub-"+room {
-		c.t.Fatalf("subscribe %s: got %v, want its ack", room, m)
-	}
-}
-
-// expectNothing checks that no object arrives within d.
-func (c *client) expectNothing(d time.Duration) {
-	c.t.Helper()
-	select {
-	case m := <-c.in:
-		c.t.Fatalf("got %v, want nothing", m)
-	case <-time.After(d):
-	}
+	return hubtest.Dial(t, n.wsURL(), nil)
 }
 
 func buildNode() (string, func(), error) {
@@ -556,26 +449,4 @@ func buildNode() (string, func(), error) {
 		return "", nil, fmt.Errorf("go build: %v\n%s", err, out)
 	}
 	return bin, func() { os.RemoveAll(dir) }, nil
-}
-
-// trySend writes without failing the test, for goroutines of a test.
-func (c *client) trySend(s string) bool {
-	return c.conn.Write(context.Background(), websocket.MessageText, []byte(s)) == nil
-}
-
-// tryNext returns the next object, or false after timeout or a close.
-func (c *client) tryNext(timeout time.Duration) (map[string]any, bool) {
-	select {
-	case m := <-c.in:
-		return m, true
-	case <-c.done:
-		select {
-		case m := <-c.in:
-			return m, true
-		default:
-			return nil, false
-		}
-	case <-time.After(timeout):
-		return nil, false
-	}
 }

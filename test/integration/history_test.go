@@ -13,6 +13,7 @@ import (
 	"time"
 
 	hubclient "github.com/hubcluster/hubcluster/client"
+	"github.com/hubcluster/hubcluster/internal/hubtest"
 	"github.com/redis/go-redis/v9"
 	"github.com/testcontainers/testcontainers-go"
 	"github.com/testcontainers/testcontainers-go/wait"
@@ -323,11 +324,11 @@ func TestRedisWithoutPersistenceTellsGap(t *testing.T) {
 	}, "the live member to be told the gap and get the newest message")
 	// A client that recovers from a place in the old history.
 	late := dialNode(t, n)
-	late.send(`{"type":"subscribe","room":"lost","id":"s","since":{"offset":3,"epoch":"an-old-epoch"}}`)
-	if m := late.nextOfType("gap", 10*time.Second); m["room"] != "lost" {
+	late.Send(`{"type":"subscribe","room":"lost","id":"s","since":{"offset":3,"epoch":"an-old-epoch"}}`)
+	if m := late.NextOfType("gap", 10*time.Second); m["room"] != "lost" {
 		t.Fatalf("got %v, want a gap", m)
 	}
-	ack := late.nextOfType("ack", 10*time.Second)
+	ack := late.NextOfType("ack", 10*time.Second)
 	if ack["recovered"] != false || ack["epoch"] == "an-old-epoch" {
 		t.Fatalf("got ack %v, want recovered false with the new epoch", ack)
 	}
@@ -339,8 +340,8 @@ func TestRecoveryPastTheWindowTellsGap(t *testing.T) {
 	c := startCluster(t, 1, "HUB_HISTORY_SIZE=10")
 	n := c.nodes[0]
 	first := dialNode(t, n)
-	first.send(`{"type":"subscribe","room":"w","id":1}`)
-	ack := first.nextOfType("ack", 10*time.Second)
+	first.Send(`{"type":"subscribe","room":"w","id":1}`)
+	ack := first.NextOfType("ack", 10*time.Second)
 	epoch := ack["epoch"].(string)
 	for i := range 25 {
 		if code := n.publishHTTP("w", i); code != 202 {
@@ -348,29 +349,29 @@ func TestRecoveryPastTheWindowTellsGap(t *testing.T) {
 		}
 	}
 	late := dialNode(t, n)
-	late.send(`{"type":"subscribe","room":"w","id":"s","since":{"offset":2,"epoch":%q}}`, epoch)
-	if m := late.next(10 * time.Second); m["type"] != "gap" {
+	late.Send(`{"type":"subscribe","room":"w","id":"s","since":{"offset":2,"epoch":%q}}`, epoch)
+	if m := late.Next(10 * time.Second); m["type"] != "gap" {
 		t.Fatalf("got %v, want a gap first (offsets 3..15 are gone)", m)
 	}
-	ack = late.next(10 * time.Second)
+	ack = late.Next(10 * time.Second)
 	if ack["type"] != "ack" || ack["recovered"] != false || ack["offset"] != 25.0 {
 		t.Fatalf("got %v, want the ack: recovered false at offset 25", ack)
 	}
 	if code := n.publishHTTP("w", "after"); code != 202 {
 		t.Fatal(code)
 	}
-	if m := late.next(10 * time.Second); m["data"] != "after" || m["offset"] != 26.0 {
+	if m := late.Next(10 * time.Second); m["data"] != "after" || m["offset"] != 26.0 {
 		t.Fatalf("got %v, want the next live message at offset 26", m)
 	}
 	// Within the window it recovers, and says so.
 	ok := dialNode(t, n)
-	ok.send(`{"type":"subscribe","room":"w","id":"s","since":{"offset":20,"epoch":%q}}`, epoch)
+	ok.Send(`{"type":"subscribe","room":"w","id":"s","since":{"offset":20,"epoch":%q}}`, epoch)
 	for off := 21; off <= 26; off++ {
-		if m := ok.next(10 * time.Second); m["type"] != "message" || m["offset"] != float64(off) {
+		if m := ok.Next(10 * time.Second); m["type"] != "message" || m["offset"] != float64(off) {
 			t.Fatalf("got %v, want the message at offset %d", m, off)
 		}
 	}
-	if ack := ok.next(10 * time.Second); ack["recovered"] != true || ack["offset"] != 26.0 {
+	if ack := ok.Next(10 * time.Second); ack["recovered"] != true || ack["offset"] != 26.0 {
 		t.Fatalf("got %v, want recovered true at 26", ack)
 	}
 }
@@ -382,8 +383,8 @@ func TestThousandRecoveriesShareReads(t *testing.T) {
 	c := startCluster(t, 1, "HUB_MAX_CONNECTIONS_PER_IP=0")
 	n := c.nodes[0]
 	first := dialNode(t, n)
-	first.send(`{"type":"subscribe","room":"crowd","id":1}`)
-	epoch := first.nextOfType("ack", 10*time.Second)["epoch"].(string)
+	first.Send(`{"type":"subscribe","room":"crowd","id":1}`)
+	epoch := first.NextOfType("ack", 10*time.Second)["epoch"].(string)
 	for i := range 50 {
 		n.publishHTTP("crowd", i)
 	}
@@ -399,25 +400,25 @@ func TestThousandRecoveriesShareReads(t *testing.T) {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			cl, err := tryDial(t, n)
+			cl, _, err := hubtest.TryDial(t, n.wsURL(), nil)
 			if err != nil {
 				t.Errorf("dial: %v", err)
 				return
 			}
-			if !cl.trySend(fmt.Sprintf(`{"type":"subscribe","room":"crowd","id":"s","since":{"offset":10,"epoch":%q}}`, epoch)) {
+			if cl.TrySend(`{"type":"subscribe","room":"crowd","id":"s","since":{"offset":10,"epoch":%q}}`, epoch) != nil {
 				return
 			}
 			for want := 11; want <= 50; want++ {
-				m, ok := cl.tryNext(20 * time.Second)
-				if !ok || m["type"] != "message" || m["offset"] != float64(want) {
-					t.Errorf("recovering client: got %v, want offset %d", m, want)
+				m, err := cl.TryNext(20 * time.Second)
+				if err != nil || m["type"] != "message" || m["offset"] != float64(want) {
+					t.Errorf("recovering client: got %v (%v), want offset %d", m, err, want)
 					return
 				}
 			}
-			if m, ok := cl.tryNext(20 * time.Second); ok && m["recovered"] == true {
+			if m, err := cl.TryNext(20 * time.Second); err == nil && m["recovered"] == true {
 				complete.Add(1)
 			}
-			cl.conn.CloseNow()
+			cl.CloseNow()
 		})
 	}
 	wg.Wait()
