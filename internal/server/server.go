@@ -83,7 +83,8 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 	// Registerer receives the server's metrics (default: not registered).
 	Registerer prometheus.Registerer
-	// Demo, when set, serves GET / and GET /demo/ (HUB_DEMO: the chat demo).
+	// Demo, when set, serves the GET requests no other route takes: the chat
+	// demo of HUB_DEMO at / and /demo/.
 	Demo http.Handler
 }
 
@@ -176,8 +177,7 @@ func New(cfg Config, h Hub) *Server {
 	s.mux.HandleFunc("GET /readyz", s.serveReady)
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
 	if cfg.Demo != nil {
-		s.mux.Handle("GET /{$}", cfg.Demo)
-		s.mux.Handle("GET /demo/", cfg.Demo)
+		s.mux.Handle("GET /", cfg.Demo) // what no other route takes; the demo answers 404 beyond its own
 	}
 	return s
 }
