@@ -187,9 +187,9 @@ test('no reconnect after 1008: a refused refresh, then the token expires', async
   const n = await startNode({ env: { HUB_JWT_SECRET: secret } });
   let calls = 0;
   const c = client(t, n.url, {
-    refreshBefore: 500,
+    refreshBefore: 1000, // a second before the first token expires
     minBackoff: 10,
-    token: () => (++calls === 1 ? token(2) : 'not-a-token'),
+    token: () => (++calls === 1 ? token(3) : 'not-a-token'),
   });
   const errors = [];
   c.on('error', (e) => errors.push(e));

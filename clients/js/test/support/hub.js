@@ -70,13 +70,15 @@ class Process {
   }
 }
 
-let nodes = 0;
+// Logs are named after the test file, so that a run overwrites the last.
+const logPrefix = path.basename(process.argv[1] || 'test', '.test.js');
+let procs = 0;
 
 // startNode runs a node on port (a free one when not given) with env, and
-// resolves once it listens (and is ready, unless ready is false).
-export async function startNode({ env = {}, port, ready = true, name } = {}) {
+// resolves once it is ready.
+export async function startNode({ env = {}, port } = {}) {
   port = port || (await freePort());
-  const p = new Process(name || `node-${process.pid}-${++nodes}-${port}`, nodeBinary(), [], {
+  const p = new Process(`${logPrefix}-${++procs}-${env.HUB_NODE_ID || 'node'}`, nodeBinary(), [], {
     PATH: process.env.PATH,
     HUB_ADDR: `127.0.0.1:${port}`,
     HUB_LOG_LEVEL: 'debug',
@@ -90,20 +92,19 @@ export async function startNode({ env = {}, port, ready = true, name } = {}) {
   p.http = `http://127.0.0.1:${port}`;
   await waitFor(async () => {
     if (p.child.exitCode !== null) throw new Error(`node exited: ${p.log}`);
-    if (!ready) return canConnect(port);
     try {
       return (await fetch(p.http + '/readyz')).status === 200;
     } catch {
       return false;
     }
-  }, `node on ${p.addr} to be ${ready ? 'ready' : 'listening'}`);
+  }, `node on ${p.addr} to be ready`);
   return p;
 }
 
 // startRedis runs Debian's redis-server on a free port, without persistence.
 export async function startRedis() {
   const port = await freePort();
-  const p = new Process(`redis-${process.pid}-${port}`, 'redis-server', [
+  const p = new Process(`${logPrefix}-${++procs}-redis`, 'redis-server', [
     '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no',
   ], { PATH: process.env.PATH });
   await waitFor(async () => {
