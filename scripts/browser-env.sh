@@ -11,16 +11,18 @@
 set -euo pipefail
 say() { echo "browser-env: $*" >&2; }
 
-need=()
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-[ -x "${CHROMIUM:-/usr/bin/chromium}" ] || need+=(chromium)
-if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+missing() {
+  need=()
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || need+=(chromium)
+  [ ${#need[@]} -gt 0 ]
+}
+if missing && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   say "installing ${need[*]}"
   apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
-  need=()
 fi
-if [ ${#need[@]} -gt 0 ]; then
+if missing; then
   say "missing: ${need[*]} (apt-get install -y ${need[*]})"
   [ "${CI:-}" != true ] || exit 1
 fi
