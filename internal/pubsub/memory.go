@@ -39,12 +39,19 @@ type Memory struct {
 type ring struct {
 	epoch string
 	top   uint64
-	msgs  []Message // circular: the kept messages, msgs[(start+i)%cap]
+	// msgs keeps the last HistorySize messages: it grows to that size, then
+	// is circular, the oldest at start. Nothing is allocated for a room that
+	// is only subscribed to.
+	msgs  []kept
 	start int
-	n     int
 	last  time.Time // last publish (or creation)
 	keys  map[string]keyEntry
 	order []keyEntry // keys by age, for expiry
+}
+
+type kept struct {
+	offset uint64
+	data   []byte
 }
 
 type keyEntry struct {
@@ -77,10 +84,7 @@ func (m *Memory) ringLocked(room string, create bool) *ring {
 		r = nil
 	}
 	if r == nil && create {
-		r = &ring{epoch: newEpoch(), last: time.Now(), keys: make(map[string]keyEntry)}
-		if m.cfg.HistorySize > 0 {
-			r.msgs = make([]Message, m.cfg.HistorySize)
-		}
+		r = &ring{epoch: newEpoch(), last: time.Now()}
 		m.hist[room] = r
 	}
 	return r
@@ -103,6 +107,9 @@ func (m *Memory) Publish(p Publication, done func(Receipt, error)) {
 	now := time.Now()
 	r.expireKeys(now, m.cfg.HistoryTTL)
 	if p.IdempotencyKey != "" {
+		if r.keys == nil {
+			r.keys = make(map[string]keyEntry)
+		}
 		if e, ok := r.keys[p.IdempotencyKey]; ok {
 			m.mu.Unlock()
 			done(m.receipt(r, e.offset, true), nil)
@@ -114,13 +121,13 @@ func (m *Memory) Publish(p Publication, done func(Receipt, error)) {
 	if m.cfg.HistorySize > 0 {
 		r.top++
 		off = r.top
-		i := (r.start + r.n) % len(r.msgs)
-		if r.n == len(r.msgs) {
-			r.start = (r.start + 1) % len(r.msgs)
+		e := kept{offset: off, data: p.Data}
+		if len(r.msgs) < m.cfg.HistorySize {
+			r.msgs = append(r.msgs, e)
 		} else {
-			r.n++
+			r.msgs[r.start] = e
+			r.start = (r.start + 1) % len(r.msgs)
 		}
-		r.msgs[i] = Message{Room: p.Room, Epoch: r.epoch, Offset: off, Data: p.Data}
 	}
 	if p.IdempotencyKey != "" {
 		e := keyEntry{key: p.IdempotencyKey, offset: off, at: now}
@@ -179,10 +186,10 @@ func (m *Memory) History(ctx context.Context, room string, after uint64, limit i
 	}
 	r := m.ringLocked(room, true)
 	h := History{Epoch: r.epoch, Top: r.top}
-	for i := 0; i < r.n && len(h.Messages) < limit; i++ {
-		msg := r.msgs[(r.start+i)%len(r.msgs)]
-		if msg.Offset > after {
-			h.Messages = append(h.Messages, msg)
+	for i := 0; i < len(r.msgs) && len(h.Messages) < limit; i++ {
+		e := r.msgs[(r.start+i)%len(r.msgs)]
+		if e.offset > after {
+			h.Messages = append(h.Messages, Message{Room: room, Epoch: r.epoch, Offset: e.offset, Data: e.data})
 		}
 	}
 	return h, nil

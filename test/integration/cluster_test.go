@@ -59,8 +59,19 @@ func (c *cluster) waitNumsub(t *testing.T, room string, want int64) {
 	}
 }
 
-func TestCrossNodeDelivery(t *testing.T) {
-	c := startCluster(t, 3)
+// bothHistories runs a test of the cluster's basic fan-out with history on
+// (the default) and off: with HUB_HISTORY_SIZE=0 these behave as before
+// history existed.
+func bothHistories(t *testing.T, test func(t *testing.T, history string)) {
+	for _, size := range []string{"100", "0"} {
+		t.Run("history="+size, func(t *testing.T) { test(t, "HUB_HISTORY_SIZE="+size) })
+	}
+}
+
+func TestCrossNodeDelivery(t *testing.T) { bothHistories(t, crossNodeDelivery) }
+
+func crossNodeDelivery(t *testing.T, history string) {
+	c := startCluster(t, 3, history)
 	a, b, cn := c.nodes[0], c.nodes[1], c.nodes[2]
 	onA, onC := dialNode(t, a), dialNode(t, cn)
 	onA.Subscribe("news")
@@ -95,7 +106,11 @@ func TestCrossNodeDelivery(t *testing.T) {
 // A room spread over three nodes with hundreds of members: every member gets
 // every message exactly once, in each publisher's order.
 func TestRoomAcrossThreeNodesExactlyOnceInOrder(t *testing.T) {
-	c := startCluster(t, 3)
+	bothHistories(t, roomAcrossThreeNodesExactlyOnceInOrder)
+}
+
+func roomAcrossThreeNodesExactlyOnceInOrder(t *testing.T, history string) {
+	c := startCluster(t, 3, history)
 	const perNode, msgs = 100, 100
 	var members []*hubtest.Client
 	for _, n := range c.nodes {
@@ -137,8 +152,10 @@ func TestRoomAcrossThreeNodesExactlyOnceInOrder(t *testing.T) {
 }
 
 // A node subscribes to a room's channel only while it has local members.
-func TestNodeInterest(t *testing.T) {
-	c := startCluster(t, 2)
+func TestNodeInterest(t *testing.T) { bothHistories(t, nodeInterest) }
+
+func nodeInterest(t *testing.T, history string) {
+	c := startCluster(t, 2, history)
 	a1, a2, b1 := dialNode(t, c.nodes[0]), dialNode(t, c.nodes[0]), dialNode(t, c.nodes[1])
 	if got := c.numsub(t, "lobby"); got != 0 {
 		t.Fatalf("before anyone joined: got %d subscribers, want 0", got)
@@ -159,9 +176,11 @@ func TestNodeInterest(t *testing.T) {
 }
 
 // Many joins go out in few SUBSCRIBE commands, and every room works.
-func TestManyRoomsSubscribe(t *testing.T) {
+func TestManyRoomsSubscribe(t *testing.T) { bothHistories(t, manyRoomsSubscribe) }
+
+func manyRoomsSubscribe(t *testing.T, history string) {
 	// One client in 2000 rooms, as fast as it can: lift the per-client limits.
-	c := startCluster(t, 2, "HUB_MAX_ROOMS_PER_CLIENT=5000", "HUB_CLIENT_RATE=0")
+	c := startCluster(t, 2, "HUB_MAX_ROOMS_PER_CLIENT=5000", "HUB_CLIENT_RATE=0", history)
 	const rooms = 2000
 	sub, pub := dialNode(t, c.nodes[0]), dialNode(t, c.nodes[1])
 	for i := range rooms {

@@ -411,14 +411,23 @@ var metricsClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: t
 
 func (n *node) publishHTTP(room string, data any) int {
 	n.t.Helper()
-	body, _ := json.Marshal(map[string]any{"room": room, "data": data})
-	resp, err := http.Post(n.url("/v1/publish"), "application/json", bytes.NewReader(body))
+	code, err := n.tryPublishHTTP(room, data)
 	if err != nil {
 		n.t.Fatalf("POST /v1/publish: %v", err)
 	}
+	return code
+}
+
+// tryPublishHTTP is publishHTTP for any goroutine: it does not fail the test.
+func (n *node) tryPublishHTTP(room string, data any) (int, error) {
+	body, _ := json.Marshal(map[string]any{"room": room, "data": data})
+	resp, err := http.Post(n.url("/v1/publish"), "application/json", bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	return resp.StatusCode
+	return resp.StatusCode, nil
 }
 
 // wsURL is the node's WebSocket endpoint.
