@@ -20,6 +20,7 @@ import (
 
 	"github.com/hubcluster/hubcluster/internal/auth"
 	"github.com/hubcluster/hubcluster/internal/config"
+	"github.com/hubcluster/hubcluster/internal/demo"
 	"github.com/hubcluster/hubcluster/internal/hub"
 	"github.com/hubcluster/hubcluster/internal/lifecycle"
 	"github.com/hubcluster/hubcluster/internal/pubsub"
@@ -90,7 +91,12 @@ func run(ctx context.Context, environ []string, logOut io.Writer) error {
 // serverConfig is the HTTP server's share of cfg.
 func serverConfig(cfg config.Config, ready func() error, log *slog.Logger, reg *prometheus.Registry) server.Config {
 	trusted, _ := cfg.TrustedProxies() // validated by config.Load
+	var demoPage http.Handler
+	if cfg.Demo {
+		demoPage = demo.Handler(cfg.NodeID)
+	}
 	return server.Config{
+		Demo:                demoPage,
 		APIKey:              cfg.APIKey,
 		AllowedOrigins:      cfg.AllowedOrigins,
 		MaxMessageBytes:     cfg.MaxMessageBytes,

@@ -329,3 +329,37 @@ func waitReady(t *testing.T, base string) {
 	}, "the node's /readyz to answer 200")
 	http.DefaultClient.CloseIdleConnections()
 }
+
+// HUB_DEMO=true serves the chat page at / (it is off by default), with the
+// JavaScript client and the node's id beside it.
+func TestDemoPage(t *testing.T) {
+	tests := []struct {
+		env      []string
+		path     string
+		want     int
+		wantBody string
+	}{
+		{nil, "/", 404, ""},
+		{[]string{"HUB_DEMO=true"}, "/", 200, "hubcluster chat"},
+		{[]string{"HUB_DEMO=true"}, "/demo/hubcluster.js", 200, "export function connect("},
+		{[]string{"HUB_DEMO=true"}, "/demo/node", 200, `"node":"t"`},
+	}
+	for _, tt := range tests {
+		ctx, cancel := context.WithCancel(context.Background())
+		addr, done := startRun(t, ctx, tt.env)
+		resp, err := http.Get("http://" + addr + tt.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		http.DefaultClient.CloseIdleConnections()
+		if resp.StatusCode != tt.want || !strings.Contains(string(body), tt.wantBody) {
+			t.Errorf("%v: GET %s: got %d, want %d with %q", tt.env, tt.path, resp.StatusCode, tt.want, tt.wantBody)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	}
+}

@@ -63,6 +63,8 @@ type Config struct {
 	HTTPReadTimeout   time.Duration `env:"HUB_HTTP_READ_TIMEOUT" envDefault:"10s"`
 	MaxHTTPConns      int           `env:"HUB_MAX_HTTP_CONNECTIONS" envDefault:"1024"`
 	MaxHTTPConnsPerIP int           `env:"HUB_MAX_HTTP_CONNECTIONS_PER_IP" envDefault:"256"`
+
+	Demo bool `env:"HUB_DEMO" envDefault:"false"`
 }
 
 // setting is one HUB_ variable of Config, read from its struct tags.

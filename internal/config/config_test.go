@@ -165,3 +165,24 @@ func TestRedisPasswordNeverInErrors(t *testing.T) {
 		t.Errorf("got %v, want an error without the password", err)
 	}
 }
+
+// The demo page is off unless HUB_DEMO turns it on.
+func TestDemo(t *testing.T) {
+	tests := []struct {
+		env  []string
+		want bool
+	}{
+		{nil, false},
+		{[]string{"HUB_DEMO=true"}, true},
+		{[]string{"HUB_DEMO=false"}, false},
+	}
+	for _, tt := range tests {
+		c, err := Load(tt.env)
+		if err != nil || c.Demo != tt.want {
+			t.Errorf("Load(%v): got Demo %v (%v), want %v", tt.env, c.Demo, err, tt.want)
+		}
+	}
+	if _, err := Load([]string{"HUB_DEMO=yes please"}); err == nil || !strings.Contains(err.Error(), "HUB_DEMO") {
+		t.Errorf("HUB_DEMO=yes please: got %v, want an error naming HUB_DEMO", err)
+	}
+}

@@ -1,5 +1,6 @@
 // Package server serves a node's HTTP endpoints: the WebSocket upgrade on /ws,
-// POST /v1/publish, /healthz, /readyz and /metrics.
+// POST /v1/publish, GET /v1/history, /healthz, /readyz, /metrics, and the
+// demo at / when one is configured.
 package server
 
 import (
@@ -82,6 +83,9 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 	// Registerer receives the server's metrics (default: not registered).
 	Registerer prometheus.Registerer
+	// Demo, when set, serves the GET requests no other route takes: the chat
+	// demo of HUB_DEMO at / and /demo/.
+	Demo http.Handler
 }
 
 // Server routes the node's endpoints. Its methods may be called concurrently.
@@ -172,6 +176,9 @@ func New(cfg Config, h Hub) *Server {
 	})
 	s.mux.HandleFunc("GET /readyz", s.serveReady)
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+	if cfg.Demo != nil {
+		s.mux.Handle("GET /", cfg.Demo) // what no other route takes; the demo answers 404 beyond its own
+	}
 	return s
 }
 

@@ -1,0 +1,44 @@
+// Compiled by npm run typecheck (tsc --noEmit): the declarations describe
+// how the README uses the client, in a browser and in Node with ws.
+import WebSocket from 'ws';
+import { connect, HubError, PROTOCOL_VERSION, type Message, type Receipt, type State } from '@hubcluster/client';
+
+const v: '1.1' = PROTOCOL_VERSION;
+const hub = connect('ws://127.0.0.1:8080/ws', {
+  urls: ['ws://127.0.0.1:8081/ws'],
+  token: async () => 'jwt',
+  refreshBefore: 30_000,
+  queueSize: 0,
+});
+connect('ws://127.0.0.1:8080/ws', { WebSocket, token: 'jwt', tokenRefresh: () => 'jwt' });
+connect('ws://127.0.0.1:8080/ws', { WebSocket: globalThis.WebSocket });
+
+const off: () => void = hub.on('disconnected', ({ code, reason, retryIn }) => console.log(code + retryIn, reason));
+off();
+hub.on('recovered', ({ room, count, recovered }) => console.log(room, count.toFixed(), recovered));
+hub.on('gap', ({ room }) => room.toUpperCase());
+hub.on('closed', ({ error }) => error.closeCode);
+hub.on('error', (e: HubError) => e.code);
+const s: State = hub.state;
+
+interface Chat {
+  user: string;
+  text: string;
+}
+async function main(): Promise<void> {
+  await hub.ready();
+  const sub = await hub.subscribe<Chat>('lobby', (m: Message<Chat>) => console.log(m.offset, m.data.user, m.room));
+  const { epoch, offset } = sub.position;
+  const chat: Chat = { user: 'a', text: 'hi' };
+  const r: Receipt = await hub.publish('lobby', chat, { key: 'k1' });
+  try {
+    await hub.publish('lobby', 1);
+  } catch (e) {
+    if (e instanceof HubError && e.code === 'timeout') await hub.publish('lobby', 1, { key: e.key });
+  }
+  await sub.unsubscribe();
+  await hub.unsubscribe('lobby');
+  hub.close();
+  console.log(v, s, epoch, offset, r.key);
+}
+main();
