@@ -209,6 +209,9 @@ type request struct {
 	sub     *Subscription // a subscribe, to update on its ack
 	reply   chan reply    // capacity 1
 	sent    bool
+	// everSent: it went out on a connection once (that then broke): a
+	// publication that is not answered in time may have been delivered.
+	everSent bool
 }
 
 type reply struct {

@@ -159,13 +159,24 @@ func (c *Client) Publish(ctx context.Context, room string, data any, opts *Publi
 			return Receipt{Offset: off, Key: key}, nil
 		case <-queueTimer.C:
 			if c.unqueue(r) {
+				c.mu.Lock()
+				sentOnce := r.everSent
+				c.mu.Unlock()
+				if sentOnce {
+					// It went out once, on a connection that broke before
+					// the answer: it may have been delivered.
+					return Receipt{Key: key}, ErrTimeout
+				}
 				return Receipt{Key: key}, ErrNotConnected
 			}
 			answerTimer = time.After(c.opts.RequestTimeout) // it was sent meanwhile
 		case <-answerTimer:
 			return Receipt{Key: key}, ErrTimeout
 		case <-ctx.Done():
-			if c.unqueue(r) {
+			c.mu.Lock()
+			sentOnce := r.everSent
+			c.mu.Unlock()
+			if c.unqueue(r) && !sentOnce {
 				return Receipt{Key: key}, ctx.Err()
 			}
 			return Receipt{Key: key}, fmt.Errorf("%w: %w", ErrTimeout, ctx.Err())
@@ -245,7 +256,7 @@ func (c *Client) send(cn *conn, r *request) {
 	c.nextID++
 	id := "c" + strconv.FormatUint(c.nextID, 10)
 	r.frame["id"] = id
-	r.sent = true
+	r.sent, r.everSent = true, true
 	cn.pending[id] = r
 	c.mu.Unlock()
 	b, err := json.Marshal(r.frame)
