@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,6 +44,36 @@ type load struct {
 	// Hold keeps the connections open until the server closes them (a drain),
 	// instead of publishing.
 	Hold bool `json:"hold"`
+	// RoomsPerMember, when above 1, makes every member join that many rooms,
+	// spread pseudo-randomly (so rooms have different sizes), and connect to
+	// target i%len(Targets); publishers are then the first Publishers members,
+	// each publishing to its rooms in turn.
+	RoomsPerMember int `json:"rooms_per_member"`
+	// Churn is the share of memberships that leave and join again every
+	// second while publishing (0.05: 5% a second).
+	Churn float64 `json:"churn"`
+}
+
+// multi reports whether members join several rooms.
+func (l *load) multi() bool { return l.RoomsPerMember > 1 }
+
+// memberRooms returns the rooms member i joins.
+func (l *load) memberRooms(i int) []int {
+	if !l.multi() {
+		return []int{i % l.Rooms}
+	}
+	rooms := make([]int, 0, l.RoomsPerMember)
+	for j := 0; len(rooms) < l.RoomsPerMember && j < 4*l.RoomsPerMember; j++ {
+		h := uint64(i)*0x9E3779B97F4A7C15 ^ uint64(j+1)*0xC2B2AE3D27D4EB4F
+		h ^= h >> 29
+		h *= 0xBF58476D1CE4E5B9
+		h ^= h >> 32
+		r := int(h % uint64(l.Rooms))
+		if !slices.Contains(rooms, r) {
+			rooms = append(rooms, r)
+		}
+	}
+	return rooms
 }
 
 // result is what a load (or a worker's part of it) measured.
@@ -90,6 +122,9 @@ type conn struct {
 	ws       *websocket.Conn
 	idx      int // member index; publishers: -1 - publisher index
 	room     int
+	rooms    []int // with RoomsPerMember: the member's rooms
+	nextRoom int   // the next of rooms to publish to
+	acks     int   // acks still awaited before acked is closed
 	mu       sync.Mutex
 	last     map[int]int64 // publisher -> last sequence seen
 	received int64
@@ -151,9 +186,13 @@ func (l *load) connect(ctx context.Context, res *result) (members, pubs []*conn)
 	}
 	var jobs []job
 	for i := l.Lo; i < l.Hi; i++ {
-		jobs = append(jobs, job{i: i, target: l.Targets[(i%l.Rooms+i/l.Rooms)%len(l.Targets)], room: i % l.Rooms})
+		target := l.Targets[(i%l.Rooms+i/l.Rooms)%len(l.Targets)]
+		if l.multi() {
+			target = l.Targets[i%len(l.Targets)]
+		}
+		jobs = append(jobs, job{i: i, target: target, room: i % l.Rooms})
 	}
-	if !l.MembersPublish && l.Lo == 0 {
+	if !l.MembersPublish && !l.multi() && l.Lo == 0 {
 		for j := range l.Publishers {
 			// A publisher sits on the target after its room's first member, so
 			// publishes cross nodes when there are several.
@@ -173,10 +212,21 @@ func (l *load) connect(ctx context.Context, res *result) (members, pubs []*conn)
 				errs.Add(1)
 				return
 			}
-			c := &conn{ws: ws, idx: jb.i, room: jb.room, last: map[int]int64{}, lat: newHist(), acked: make(chan struct{})}
+			c := &conn{ws: ws, idx: jb.i, room: jb.room, last: map[int]int64{}, lat: newHist(), acked: make(chan struct{}), acks: 1}
+			if !jb.pub {
+				c.rooms = l.memberRooms(jb.i)
+				c.acks = len(c.rooms)
+			}
 			go c.read()
 			if !jb.pub {
-				ws.Write(ctx, websocket.MessageText, fmt.Appendf(nil, `{"type":"subscribe","room":%q,"id":1}`, l.roomName(jb.room)))
+				var frame []byte
+				for k, r := range c.rooms {
+					if k > 0 {
+						frame = append(frame, '\n')
+					}
+					frame = fmt.Appendf(frame, `{"type":"subscribe","room":%q,"id":%d}`, l.roomName(r), k+1)
+				}
+				ws.Write(ctx, websocket.MessageText, frame)
 				select {
 				case <-c.acked:
 				case <-time.After(30 * time.Second):
@@ -201,7 +251,14 @@ func (l *load) connect(ctx context.Context, res *result) (members, pubs []*conn)
 			members = append(members, c)
 		}
 	}
-	if l.MembersPublish {
+	switch {
+	case l.multi():
+		for _, c := range members {
+			if c.idx < l.Publishers {
+				pubs = append(pubs, c)
+			}
+		}
+	case l.MembersPublish:
 		for _, c := range members {
 			if c.idx < l.Rooms { // the first member of its room
 				pubs = append(pubs, c)
@@ -242,9 +299,14 @@ func (c *conn) read() {
 		now := time.Now().UnixNano()
 		for line := range bytes.SplitSeq(p, []byte("\n")) {
 			if !ackSeen && bytes.Contains(line, []byte(`"type":"ack"`)) {
-				ackSeen = true
-				close(c.acked)
+				if c.acks--; c.acks <= 0 {
+					ackSeen = true
+					close(c.acked)
+				}
 				continue
+			}
+			if bytes.HasPrefix(line, []byte(`{"type":"ack"`)) {
+				continue // a churned subscribe's
 			}
 			if bytes.HasPrefix(line, []byte(`{"type":"error"`)) {
 				c.mu.Lock()
@@ -258,12 +320,20 @@ func (c *conn) read() {
 			if !ok1 || !ok2 || !ok3 {
 				continue
 			}
+			// Order is per publisher within a room: with several rooms per
+			// member, key by both.
+			key := int(pub)
+			if len(c.rooms) > 1 {
+				if room, ok := roomNumber(line); ok {
+					key = key<<24 | room
+				}
+			}
 			c.mu.Lock()
 			c.received++
-			last, seen := c.last[int(pub)]
+			last, seen := c.last[key]
 			switch {
 			case !seen || seq > last:
-				c.last[int(pub)] = seq
+				c.last[key] = seq
 			case seq == last:
 				c.dups++
 			default:
@@ -273,6 +343,26 @@ func (c *conn) read() {
 			c.mu.Unlock()
 		}
 	}
+}
+
+// roomNumber reads the number at the end of a message's room name.
+func roomNumber(line []byte) (int, bool) {
+	i := bytes.Index(line, []byte(`"room":"`))
+	if i < 0 {
+		return 0, false
+	}
+	rest := line[i+len(`"room":"`):]
+	end := bytes.IndexByte(rest, '"')
+	if end < 0 {
+		return 0, false
+	}
+	name := rest[:end]
+	j := len(name)
+	for j > 0 && name[j-1] >= '0' && name[j-1] <= '9' {
+		j--
+	}
+	n, err := strconv.Atoi(string(name[j:]))
+	return n, err == nil
 }
 
 func field(line []byte, key string) (int64, bool) {
@@ -319,13 +409,18 @@ func (l *load) publish(ctx context.Context, pubs []*conn, res *result) {
 		j := k % len(pubs)
 		c := pubs[j]
 		seqs[j]++
+		room := c.room
+		if len(c.rooms) > 1 {
+			room = c.rooms[c.nextRoom%len(c.rooms)]
+			c.nextRoom++
+		}
 		buf = fmt.Appendf(buf[:0], `{"type":"publish","room":%q,"data":{"p":%d,"s":%d,"t":%d,"x":%q}}`,
-			l.roomName(c.room), c.idx, seqs[j], due.UnixNano(), pad)
+			l.roomName(room), c.idx, seqs[j], due.UnixNano(), pad)
 		if err := c.ws.Write(ctx, websocket.MessageText, buf); err != nil {
 			res.WriteFails++
 			continue
 		}
-		res.Sent[c.room]++
+		res.Sent[room]++
 	}
 }
 
@@ -365,7 +460,12 @@ func (l *load) run(ctx context.Context, ready func()) *result {
 		res.Elapsed = time.Since(start)
 		return res
 	}
+	stopChurn := make(chan struct{})
+	churned := make(chan struct{})
+	go func() { l.churn(members, stopChurn); close(churned) }()
 	l.publish(ctx, pubs, res)
+	close(stopChurn)
+	<-churned
 	res.Elapsed = time.Since(start)
 	// Let what is in flight arrive: until nothing new comes for 500ms.
 	var prev int64 = -1
@@ -412,9 +512,58 @@ func collect(res *result, members, pubs []*conn) []*conn {
 	return all
 }
 
+// churn makes members leave one of their rooms and join it again, at
+// l.Churn of the memberships a second, until stop is closed.
+func (l *load) churn(members []*conn, stop <-chan struct{}) {
+	var memberships int
+	for _, c := range members {
+		memberships += len(c.rooms)
+	}
+	perSec := l.Churn * float64(memberships)
+	if perSec <= 0 || len(members) == 0 {
+		return
+	}
+	interval := time.Duration(float64(time.Second) / perSec)
+	tick := time.NewTicker(max(interval, time.Millisecond))
+	defer tick.Stop()
+	batch := max(1, int(float64(time.Millisecond)/float64(interval))) // several per tick when faster than 1/ms
+	rng := rand.New(rand.NewPCG(uint64(l.Lo)+1, 7))
+	ctx := context.Background()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+		}
+		for range batch {
+			c := members[rng.IntN(len(members))]
+			if len(c.rooms) == 0 {
+				continue
+			}
+			room := l.roomName(c.rooms[rng.IntN(len(c.rooms))])
+			c.ws.Write(ctx, websocket.MessageText, fmt.Appendf(nil,
+				"{\"type\":\"unsubscribe\",\"room\":%q}\n{\"type\":\"subscribe\",\"room\":%q}", room, room))
+		}
+	}
+}
+
 // expected is how many deliveries a complete run makes: every message sent to
-// a room reaches each of its members.
+// a room reaches each of its members. With churn some are missed on purpose
+// (a member between leave and join): the count is then an upper bound.
 func (l *load) expected(sent map[int]int64) int64 {
+	if l.multi() {
+		size := make(map[int]int64)
+		for i := range l.Members {
+			for _, r := range l.memberRooms(i) {
+				size[r]++
+			}
+		}
+		var n int64
+		for room, s := range sent {
+			n += s * size[room]
+		}
+		return n
+	}
 	var n int64
 	for room, s := range sent {
 		members := int64(l.Members / l.Rooms)

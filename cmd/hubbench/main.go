@@ -53,6 +53,8 @@ func run(args []string, out io.Writer) error {
 		suite      = fs.Bool("suite", false, "run the make bench suite: starts Redis and nodes on loopback")
 		nodeBin    = fs.String("node", "bin/node", "with -suite: the node binary")
 		quick      = fs.Bool("quick", false, "with -suite: smaller scenarios, for a smoke run")
+		perMember  = fs.Int("rooms-per-member", 1, "rooms each member joins (above 1: spread pseudo-randomly, publishers are the first -publishers members)")
+		churn      = fs.Float64("churn", 0, "share of memberships that leave and join again every second while publishing (0.05: 5%)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -66,7 +68,7 @@ func run(args []string, out io.Writer) error {
 	l := &load{
 		Targets: strings.Split(*targets, ","), Members: *members, Rooms: max(1, *rooms), Publishers: *publishers,
 		MembersPublish: *membersPub, Rate: *rate, Duration: *duration, Payload: *payload, Prefix: *prefix,
-		Token: *token, Hold: *hold,
+		Token: *token, Hold: *hold, RoomsPerMember: *perMember, Churn: *churn,
 	}
 	l.SourceIPs = defaultSources(*sources, l.Targets)
 	rep, err := measure(context.Background(), l, *procs, nil)

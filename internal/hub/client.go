@@ -116,7 +116,7 @@ func (h *Hub) Serve(conn *Conn, info ConnInfo) {
 	c.endLifetime()
 	c.dispatch.Wait()
 
-	code := c.w.finish()
+	code := c.w.finish(h)
 	if code == 0 && unansweredProtocolError(err) {
 		code = websocket.StatusProtocolError
 		c.closeRaw(code, "protocol error")

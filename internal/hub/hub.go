@@ -200,7 +200,36 @@ type Hub struct {
 
 	flushers []*flusher    // adaptive write batching, one per CPU
 	nextFl   atomic.Uint32 // spreads clients over the flushers
+
+	// behind counts the clients with more than SendQueue messages waiting.
+	behind atomic.Int64
 }
+
+// overloaded reports whether the node is behind its own work: more than a
+// tenth of its clients (and at least 8) have more than SendQueue messages
+// waiting. Then the node refuses publishes (unavailable: retry later) instead
+// of queueing more, and does not cut members that fall behind with it.
+func (h *Hub) overloaded() bool {
+	n := h.behind.Load()
+	if n < 8 {
+		return false
+	}
+	h.mu.Lock()
+	clients := len(h.clients)
+	h.mu.Unlock()
+	return n*10 > int64(clients)
+}
+
+// overloadedBroker is what a broker that can tell its own backlog offers.
+type overloadedBroker interface {
+	// Backlog is how long publications have lately waited in the broker's
+	// queue before they were sent.
+	Backlog() time.Duration
+}
+
+// maxBrokerBacklog is how long publications may wait in the broker's queue
+// before the node refuses new ones.
+const maxBrokerBacklog = 250 * time.Millisecond
 
 // New returns a hub that is ready to serve connections.
 func New(cfg Config, broker Broker) (*Hub, error) {
@@ -216,16 +245,11 @@ func New(cfg Config, broker Broker) (*Hub, error) {
 	if cfg.HistorySize < 0 {
 		return nil, errors.New("hub: negative history size")
 	}
-	m, err := newMetrics(cfg.Registerer)
-	if err != nil {
-		return nil, err
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &Hub{
 		cfg:          cfg,
 		log:          cfg.Logger.With("component", "hub"),
 		broker:       broker,
-		metrics:      m,
 		ctx:          ctx,
 		cancel:       cancel,
 		clients:      make(map[*Client]struct{}),
@@ -233,6 +257,12 @@ func New(cfg Config, broker Broker) (*Hub, error) {
 		stopped:      make(chan struct{}),
 		shutdownDone: make(chan struct{}),
 	}
+	m, err := newMetrics(cfg.Registerer, func() float64 { return float64(h.behind.Load()) })
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	h.metrics = m
 	h.rooms.init()
 	for range runtime.GOMAXPROCS(0) {
 		h.flushers = append(h.flushers, newFlusher())
@@ -398,6 +428,12 @@ func (h *Hub) History(ctx context.Context, room string, after uint64, limit int)
 // members get the message as soon as the broker took it. p.Data must not
 // change afterwards. It never blocks.
 func (h *Hub) publish(p pubsub.Publication, done func(pubsub.Receipt, error)) {
+	if reason := h.overload(); reason != "" {
+		h.metrics.overloadRefusals.WithLabelValues(reason).Inc()
+		h.metrics.publishFailures.WithLabelValues("unavailable").Inc()
+		done(pubsub.Receipt{}, fmt.Errorf("hub: publish to %q: %w: the node is overloaded (%s); retry later", p.Room, pubsub.ErrUnavailable, reason))
+		return
+	}
 	h.broker.Publish(p, func(rc pubsub.Receipt, err error) {
 		if err != nil {
 			reason := "unavailable"
@@ -414,6 +450,17 @@ func (h *Hub) publish(p pubsub.Publication, done func(pubsub.Receipt, error)) {
 		}
 		done(rc, nil)
 	})
+}
+
+// overload says why the node refuses publishes now, or "".
+func (h *Hub) overload() string {
+	if h.overloaded() {
+		return "clients_behind"
+	}
+	if b, ok := h.broker.(overloadedBroker); ok && b.Backlog() > maxBrokerBacklog {
+		return "broker_backlog"
+	}
+	return ""
 }
 
 // Deliver takes a message the broker brought in, and queues it for every

@@ -3,6 +3,7 @@ package hub
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -204,7 +205,12 @@ func TestSlowConsumerIsCutOffAndOthersUnaffected(t *testing.T) {
 // though the burst is larger than their SendQueue.
 func TestBurstDoesNotCutHealthyReaders(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		n := newTestNode(t, Config{SendQueue: 16, SlowTimeout: time.Second})
+		b := newStallBroker()
+		h, err := New(Config{NodeID: "n", SendQueue: 16, SlowTimeout: time.Second}, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := newTestNodeFor(t, h, b.Memory)
 		defer n.run()()
 		const members, burst = 20, 400
 		readers := make([]*testClient, members)
@@ -224,18 +230,78 @@ func TestBurstDoesNotCutHealthyReaders(t *testing.T) {
 				}
 			})
 		}
-		for i := range burst { // all at once, as a stalled broker's backlog lands
-			if _, err := n.hub.Publish(context.Background(), "r", fmt.Appendf(nil, "%d", i), ""); err != nil {
-				t.Fatal(err)
-			}
+		// Publishes that wait on a stalled broker, then land all at once.
+		b.stall()
+		for i := range burst {
+			h.publish(pubsub.Publication{Room: "r", Data: fmt.Appendf(nil, "%d", i)}, func(_ pubsub.Receipt, err error) {
+				if err != nil {
+					t.Errorf("publish %d: %v", i, err)
+				}
+			})
 		}
+		synctest.Wait()
+		b.release()
 		wg.Wait()
-		if got := counterValue(t, n.hub.metrics.overflows); got != 0 {
+		if got := counterValue(t, h.metrics.overflows); got != 0 {
 			t.Errorf("got %v members cut as slow after a burst, want 0", got)
 		}
-		if got := n.hub.Clients(); got != members {
+		if got := h.Clients(); got != members {
 			t.Errorf("got %d clients, want %d", got, members)
 		}
+	})
+}
+
+// Overload is explicit (performance issue): while a tenth of the clients are
+// behind, the node refuses new publishes with unavailable instead of queueing
+// more, and does not cut the members that fall behind with it; once they
+// catch up it takes publishes again.
+func TestOverloadRefusesPublishesAndCutsNoOne(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n := newTestNode(t, Config{SendQueue: 4, SlowTimeout: 10 * time.Millisecond, PingInterval: -1, WriteTimeout: time.Hour})
+		defer n.run()()
+		var cs []*testClient
+		for range 10 {
+			c := n.dial()
+			c.join("r")
+			cs = append(cs, c)
+		}
+		ctx := context.Background()
+		// Nobody reads: every member falls behind together (the node is the
+		// one that cannot keep up here).
+		var refused int
+		for i := range 40 {
+			if _, err := n.hub.Publish(ctx, "r", fmt.Appendf(nil, "%d", i), ""); errors.Is(err, pubsub.ErrUnavailable) {
+				refused++
+			}
+			synctest.Wait()
+			time.Sleep(5 * time.Millisecond)
+		}
+		if refused == 0 {
+			t.Error("no publish was refused while every member was behind")
+		}
+		if got := counterValue(t, n.hub.metrics.overflows); got != 0 {
+			t.Errorf("%v members cut as slow while the whole node was behind, want 0", got)
+		}
+		// They read again, catch up, and publishes are taken.
+		var wg sync.WaitGroup
+		for _, c := range cs {
+			wg.Go(func() {
+				for {
+					if _, err := c.read(); err != nil {
+						return
+					}
+				}
+			})
+		}
+		synctest.Wait()
+		if _, err := n.hub.Publish(ctx, "r", []byte(`"again"`), ""); err != nil {
+			t.Errorf("publish after the members caught up: %v", err)
+		}
+		t.Logf("%d of 40 publishes refused while every member was behind", refused)
+		for _, c := range cs {
+			c.conn.CloseNow()
+		}
+		wg.Wait()
 	})
 }
 

@@ -8,28 +8,30 @@ import (
 )
 
 type metrics struct {
-	connections     prometheus.Gauge
-	rooms           prometheus.Gauge
-	received        prometheus.Counter
-	published       prometheus.Counter
-	publishFailures *prometheus.CounterVec
-	delivered       prometheus.Counter
-	overflows       prometheus.Counter
-	authFailures    prometheus.Counter
-	forbidden       prometheus.Counter
-	rateLimited     prometheus.Counter
-	refused         *prometheus.CounterVec
-	backpressure    prometheus.Counter
-	closes          *prometheus.CounterVec
-	gaps            prometheus.Counter
-	duplicates      prometheus.Counter
-	fills           prometheus.Counter
-	windowReads     prometheus.Counter
-	recoveries      *prometheus.CounterVec
-	recovered       prometheus.Counter
+	connections      prometheus.Gauge
+	rooms            prometheus.Gauge
+	received         prometheus.Counter
+	published        prometheus.Counter
+	publishFailures  *prometheus.CounterVec
+	delivered        prometheus.Counter
+	overflows        prometheus.Counter
+	authFailures     prometheus.Counter
+	forbidden        prometheus.Counter
+	rateLimited      prometheus.Counter
+	refused          *prometheus.CounterVec
+	backpressure     prometheus.Counter
+	overloadRefusals *prometheus.CounterVec
+	behind           prometheus.GaugeFunc
+	closes           *prometheus.CounterVec
+	gaps             prometheus.Counter
+	duplicates       prometheus.Counter
+	fills            prometheus.Counter
+	windowReads      prometheus.Counter
+	recoveries       *prometheus.CounterVec
+	recovered        prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, behind func() float64) (*metrics, error) {
 	m := &metrics{
 		connections: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "hub_connections", Help: "WebSocket connections open on this node.",
@@ -67,6 +69,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		backpressure: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hub_read_backpressure_total", Help: "Times a connection's requests waited (and its read loop with them): the requests queued behind a subscribe, or its publishes waiting for the broker, filled their bound.",
 		}),
+		overloadRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hub_overload_refusals_total", Help: "Publishes refused because the node is overloaded, by reason (clients_behind: a tenth of the clients have more than HUB_SEND_QUEUE messages waiting; broker_backlog: publishes wait too long for Redis).",
+		}, []string{"reason"}),
+		behind: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "hub_clients_behind", Help: "Clients with more than HUB_SEND_QUEUE messages waiting to be written.",
+		}, behind),
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hub_closes_total", Help: "Closed WebSocket connections by close code.",
 		}, []string{"code"}),
@@ -93,7 +101,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.rooms, m.received, m.published, m.publishFailures,
-		m.delivered, m.overflows, m.authFailures, m.forbidden, m.rateLimited, m.refused, m.backpressure, m.closes,
+		m.delivered, m.overflows, m.authFailures, m.forbidden, m.rateLimited, m.refused, m.backpressure, m.overloadRefusals, m.behind, m.closes,
 		m.gaps, m.duplicates, m.fills, m.windowReads, m.recoveries, m.recovered} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

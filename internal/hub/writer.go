@@ -82,7 +82,11 @@ func (c *Client) send(frame []byte) bool {
 		now := time.Now()
 		if w.behind.IsZero() {
 			w.behind = now
-		} else if now.Sub(w.behind) > cfg.SlowTimeout {
+			c.hub.behind.Add(1)
+		} else if now.Sub(w.behind) > cfg.SlowTimeout && !c.hub.overloaded() {
+			// Behind for long, while most others keep up: this reader is
+			// slow. When many are behind the node is, not they: they are
+			// not cut for it (the byte bound still holds).
 			slow = true
 		}
 	}
@@ -136,17 +140,28 @@ func (w *writer) closeWith(code websocket.StatusCode) bool {
 	w.state = wClosed
 	w.code = code
 	w.queue, w.bytes = nil, 0
+	// The behind count is settled by finish, at the end of the read loop.
 	if w.pinger != nil {
 		w.pinger.Stop()
 	}
 	return true
 }
 
+// caughtUpLocked records that the writer took the queue: the client is not
+// behind any more. w.mu must be held.
+func (w *writer) caughtUpLocked(h *Hub) {
+	if !w.behind.IsZero() {
+		w.behind = time.Time{}
+		h.behind.Add(-1)
+	}
+}
+
 // finish moves the writer to closed at the end of the read loop, and returns
 // the close code the hub chose, or 0 when it chose none.
-func (w *writer) finish() websocket.StatusCode {
+func (w *writer) finish(h *Hub) websocket.StatusCode {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.caughtUpLocked(h)
 	w.state = wClosed
 	w.queue, w.bytes = nil, 0
 	if w.pinger != nil {
@@ -188,7 +203,7 @@ func (c *Client) writeLoop() {
 		}
 		batch, w.queue, w.spare = w.queue, w.spare, nil
 		w.bytes = 0
-		w.behind = time.Time{}
+		w.caughtUpLocked(c.hub)
 		w.mu.Unlock()
 
 		err := c.writeBatch(batch)

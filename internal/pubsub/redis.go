@@ -92,6 +92,9 @@ type Redis struct {
 	stopOnce sync.Once
 	subsDone chan struct{} // closed when the subscribe loop has ended
 
+	// The publish queue's backlog (Backlog): nanoseconds.
+	lastWait, lastWaitAt, execStart atomic.Int64
+
 	mu    sync.Mutex // guards rooms and dirty
 	rooms map[string]*roomSub
 	dirty map[string]struct{}

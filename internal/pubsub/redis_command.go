@@ -335,11 +335,32 @@ func (r *Redis) commandLoop(ctx context.Context, q chan *op, publishes bool) {
 	}
 }
 
+// Backlog is how long publications wait for Redis now: the wait of the
+// latest batch sent (kept for half a second), or how long the batch in flight
+// has taken so far, whichever is longer. The hub refuses publishes while it
+// is long, rather than queueing more.
+func (r *Redis) Backlog() time.Duration {
+	var d time.Duration
+	if at := r.lastWaitAt.Load(); at != 0 && time.Since(time.Unix(0, at)) < 500*time.Millisecond {
+		d = time.Duration(r.lastWait.Load())
+	}
+	if start := r.execStart.Load(); start != 0 {
+		d = max(d, time.Since(time.Unix(0, start)))
+	}
+	return d
+}
+
 // exec sends batch in one round trip and finishes every op.
 func (r *Redis) exec(ctx context.Context, batch []*op, publishes bool) {
 	// An op that waited its whole time in the queue never reached Redis.
 	live := batch[:0]
 	now := time.Now()
+	if publishes && len(batch) > 0 {
+		r.lastWait.Store(int64(now.Sub(batch[0].queued)))
+		r.lastWaitAt.Store(now.UnixNano())
+		r.execStart.Store(now.UnixNano())
+		defer r.execStart.Store(0)
+	}
 	for _, o := range batch {
 		if now.Sub(o.queued) > r.cfg.Timeout {
 			o.finish(nil, unavailable(errors.New("waited too long for Redis in the node's queue")))
