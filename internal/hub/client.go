@@ -427,7 +427,7 @@ func (c *Client) subscribeFailed(m *member, req wire.Request, err error) {
 	if c.lifetime().Err() != nil {
 		return // the connection is going away
 	}
-	h.log.Warn("subscription not confirmed", "room", req.Room, "err", err)
+	h.subscribeFailedLog.Log("room", req.Room, "err", err)
 	c.replyError(wire.ErrorFor(req.ID, wire.CodeUnavailable, "the room's subscription could not be made; retry"))
 }
 
@@ -459,7 +459,7 @@ func (c *Client) publish(req wire.Request) {
 			if errors.Is(err, pubsub.ErrUncertain) {
 				code, msg = wire.CodeTimeout, "the broker did not confirm the message in time; it may be delivered: retry with the same idempotency_key"
 			}
-			h.log.Warn("publish failed", "room", req.Room, "err", err)
+			h.publishFailedLog.Log("room", req.Room, "err", err)
 			c.replyError(wire.ErrorFor(id, code, msg))
 			return
 		}

@@ -33,6 +33,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/hubcluster/hubcluster/internal/auth"
+	"github.com/hubcluster/hubcluster/internal/logthrottle"
 	"github.com/hubcluster/hubcluster/internal/pubsub"
 	"github.com/hubcluster/hubcluster/internal/wire"
 	"github.com/prometheus/client_golang/prometheus"
@@ -203,6 +204,9 @@ type Hub struct {
 
 	// behind counts the clients with more than SendQueue messages waiting.
 	behind atomic.Int64
+
+	// Failures a flood of which must not flood the log.
+	publishFailedLog, subscribeFailedLog *logthrottle.Throttle
 }
 
 // overloaded reports whether the node is behind its own work: more than a
@@ -229,7 +233,7 @@ type overloadedBroker interface {
 
 // maxBrokerBacklog is how long publications may wait in the broker's queue
 // before the node refuses new ones.
-const maxBrokerBacklog = 250 * time.Millisecond
+const maxBrokerBacklog = time.Second
 
 // New returns a hub that is ready to serve connections.
 func New(cfg Config, broker Broker) (*Hub, error) {
@@ -263,6 +267,8 @@ func New(cfg Config, broker Broker) (*Hub, error) {
 		return nil, err
 	}
 	h.metrics = m
+	h.publishFailedLog = logthrottle.New(h.log, slog.LevelWarn, "publish failed", 10*time.Second)
+	h.subscribeFailedLog = logthrottle.New(h.log, slog.LevelWarn, "subscription not confirmed", 10*time.Second)
 	h.rooms.init()
 	for range runtime.GOMAXPROCS(0) {
 		h.flushers = append(h.flushers, newFlusher())

@@ -23,6 +23,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/hubcluster/hubcluster/internal/hub"
+	"github.com/hubcluster/hubcluster/internal/logthrottle"
 	"github.com/hubcluster/hubcluster/internal/pubsub"
 	"github.com/hubcluster/hubcluster/internal/wire"
 	"github.com/prometheus/client_golang/prometheus"
@@ -88,6 +89,10 @@ type Config struct {
 	Demo http.Handler
 }
 
+// refusalLogInterval is how often at most a throttled log line is written
+// for one kind of refusal.
+const refusalLogInterval = 10 * time.Second
+
 // Server routes the node's endpoints. Its methods may be called concurrently.
 type Server struct {
 	cfg      Config
@@ -108,24 +113,26 @@ type Server struct {
 // refusalLogs throttle the log lines of refusals, which a client can cause
 // at will: one per kind and interval, with the count of the rest.
 type refusalLogs struct {
-	maxConns, maxConnsPerIP, origin, handshake, publishOrigin *logThrottle
-	httpConns, httpConnsPerIP, accept                         *logThrottle
+	maxConns, maxConnsPerIP, origin, handshake, publishOrigin *logthrottle.Throttle
+	httpConns, httpConnsPerIP, accept                         *logthrottle.Throttle
+	publishFailed                                             *logthrottle.Throttle
 }
 
 func newRefusalLogs(log *slog.Logger) refusalLogs {
 	return refusalLogs{
-		maxConns:      newLogThrottle(log, slog.LevelWarn, "upgrade refused: node at HUB_MAX_CONNECTIONS", refusalLogInterval),
-		maxConnsPerIP: newLogThrottle(log, slog.LevelInfo, "upgrade refused: client IP at HUB_MAX_CONNECTIONS_PER_IP", refusalLogInterval),
-		origin:        newLogThrottle(log, slog.LevelInfo, "upgrade refused: origin not allowed", refusalLogInterval),
-		handshake:     newLogThrottle(log, slog.LevelInfo, "upgrade refused", refusalLogInterval),
-		publishOrigin: newLogThrottle(log, slog.LevelInfo, "publish refused: origin not allowed", refusalLogInterval),
-		httpConns: newLogThrottle(log, slog.LevelWarn,
+		maxConns:      logthrottle.New(log, slog.LevelWarn, "upgrade refused: node at HUB_MAX_CONNECTIONS", refusalLogInterval),
+		maxConnsPerIP: logthrottle.New(log, slog.LevelInfo, "upgrade refused: client IP at HUB_MAX_CONNECTIONS_PER_IP", refusalLogInterval),
+		origin:        logthrottle.New(log, slog.LevelInfo, "upgrade refused: origin not allowed", refusalLogInterval),
+		handshake:     logthrottle.New(log, slog.LevelInfo, "upgrade refused", refusalLogInterval),
+		publishOrigin: logthrottle.New(log, slog.LevelInfo, "publish refused: origin not allowed", refusalLogInterval),
+		httpConns: logthrottle.New(log, slog.LevelWarn,
 			"connection refused: node at HUB_MAX_HTTP_CONNECTIONS (connections that are not WebSockets)", refusalLogInterval),
-		httpConnsPerIP: newLogThrottle(log, slog.LevelInfo,
+		httpConnsPerIP: logthrottle.New(log, slog.LevelInfo,
 			"connection refused: peer address at HUB_MAX_HTTP_CONNECTIONS_PER_IP", refusalLogInterval),
 		// Accept fails when the process is out of file descriptors ("too many
 		// open files"); http.Server retries, and says so only at debug.
-		accept: newLogThrottle(log, slog.LevelWarn, "accept failed", refusalLogInterval),
+		accept:        logthrottle.New(log, slog.LevelWarn, "accept failed", refusalLogInterval),
+		publishFailed: logthrottle.New(log, slog.LevelWarn, "publish failed", refusalLogInterval),
 	}
 }
 
@@ -251,7 +258,7 @@ func (s *Server) Listener(ln net.Listener) net.Listener {
 
 type loggedListener struct {
 	net.Listener
-	log      *logThrottle
+	log      *logthrottle.Throttle
 	failures prometheus.Counter
 }
 
@@ -402,7 +409,7 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 	}
 	rc, err := s.hub.Publish(r.Context(), req.Room, req.Data, req.IdempotencyKey)
 	if err != nil {
-		s.log.Warn("publish failed", "room", req.Room, "err", err)
+		s.logs.publishFailed.Log("room", req.Room, "err", err)
 		if errors.Is(err, pubsub.ErrUncertain) {
 			writeError(w, http.StatusGatewayTimeout, wire.CodeTimeout,
 				"the broker did not confirm the message in time; it may be delivered: retry with the same idempotency_key")

@@ -1,4 +1,4 @@
-package server
+package logthrottle
 
 import (
 	"bytes"
@@ -9,9 +9,12 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
-// logBuffer collects JSON log lines; a server may write while a test reads.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
 type logBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
@@ -25,7 +28,6 @@ func (b *logBuffer) Write(p []byte) (int, error) {
 
 func (b *logBuffer) logger() *slog.Logger { return slog.New(slog.NewJSONHandler(b, nil)) }
 
-// lines returns the logged lines whose message starts with prefix.
 func (b *logBuffer) lines(t *testing.T, prefix string) []map[string]any {
 	t.Helper()
 	b.mu.Lock()
@@ -46,7 +48,7 @@ func (b *logBuffer) lines(t *testing.T, prefix string) []map[string]any {
 func TestLogThrottle(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var logs logBuffer
-		th := newLogThrottle(logs.logger(), slog.LevelWarn, "refused", 10*time.Second)
+		th := New(logs.logger(), slog.LevelWarn, "refused", 10*time.Second)
 		count := func() int { return len(logs.lines(t, "refused")) }
 
 		for i := range 1000 {

@@ -1,4 +1,6 @@
-package server
+// Package logthrottle logs one kind of event without letting a flood of it
+// flood the log.
+package logthrottle
 
 import (
 	"context"
@@ -7,17 +9,13 @@ import (
 	"time"
 )
 
-// refusalLogInterval is how often at most a throttled log line is written
-// for one kind of refusal.
-const refusalLogInterval = 10 * time.Second
-
-// logThrottle logs one kind of event without letting a flood of it flood the
+// Throttle logs one kind of event without letting a flood of it flood the
 // log: the first event of a quiet spell is logged at once, the ones that
 // follow within the interval are counted, and when the interval ends one
 // summary line says how many were left out (with the last one's attributes).
 // So it writes at most one line per interval. Its methods may be called
 // concurrently; it never blocks on anything but its mutex.
-type logThrottle struct {
+type Throttle struct {
 	log   *slog.Logger
 	level slog.Level
 	msg   string
@@ -30,12 +28,14 @@ type logThrottle struct {
 	summary    *time.Timer // pending summary line, or nil
 }
 
-func newLogThrottle(log *slog.Logger, level slog.Level, msg string, every time.Duration) *logThrottle {
-	return &logThrottle{log: log, level: level, msg: msg, every: every}
+// New returns a Throttle that logs msg at level on log, at most one line per
+// every.
+func New(log *slog.Logger, level slog.Level, msg string, every time.Duration) *Throttle {
+	return &Throttle{log: log, level: level, msg: msg, every: every}
 }
 
 // Log records an event with attrs (slog key-value pairs).
-func (t *logThrottle) Log(attrs ...any) {
+func (t *Throttle) Log(attrs ...any) {
 	t.mu.Lock()
 	now := time.Now()
 	if t.summary == nil && !now.Before(t.quietUntil) {
@@ -52,7 +52,7 @@ func (t *logThrottle) Log(attrs ...any) {
 	t.mu.Unlock()
 }
 
-func (t *logThrottle) summarize() {
+func (t *Throttle) summarize() {
 	t.mu.Lock()
 	n, last := t.suppressed, t.last
 	t.suppressed, t.last, t.summary = 0, nil, nil
