@@ -20,7 +20,17 @@ import (
 // connection (bounded by ctx). The subscription lasts across reconnects
 // until Unsubscribe.
 func (c *Client) Subscribe(ctx context.Context, room string, handler func(Message)) (*Subscription, error) {
-	s := &Subscription{c: c, room: room, handler: handler}
+	return c.SubscribeFrom(ctx, room, "", 0, handler)
+}
+
+// SubscribeFrom is Subscribe from a place in the room's history that the
+// application kept (a Subscription's Position, stored across a restart):
+// the node first delivers every message after offset of epoch, then the
+// live ones, and OnRecovered says whether it could; when it could not (the
+// history moved on), OnGap is called and the subscription goes on from the
+// room's current place. An empty epoch subscribes from now, as Subscribe.
+func (c *Client) SubscribeFrom(ctx context.Context, room, epoch string, offset uint64, handler func(Message)) (*Subscription, error) {
+	s := &Subscription{c: c, room: room, handler: handler, epoch: epoch, offset: offset}
 	c.mu.Lock()
 	if c.subs[room] != nil {
 		c.mu.Unlock()

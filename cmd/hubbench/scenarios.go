@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/hubcluster/hubcluster/client"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -158,42 +159,39 @@ func (e *suiteEnv) recovery(nd *benchNode, n, msgs int) (recoveryResult, error) 
 	defer rc.Close()
 	cpu0 := redisCPU(rc)
 	reads0 := metricSum([]string{nd.addr}, "hub_redis_history_reads_total")
-	e.logf("recovery: %d clients recover %d messages each", n, msgs)
+	e.logf("recovery: %d clients recover %d messages each (the Go client, resubscribing from its place)", n, msgs)
 	start := time.Now()
 	var complete atomic.Int64
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 256)
-	var conns sync.Map
+	var mu sync.Mutex
+	var clients []*client.Client
 	for i := range n {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
 			r := i % rooms
-			ws, err := d.dial(ctx, nd.addr, "")
+			var got atomic.Int64
+			done := make(chan bool, 1)
+			c, err := client.Dial(ctx, "ws://"+nd.addr+"/ws", &client.Options{
+				HTTPClient:  d.clients[i%len(d.clients)],
+				OnRecovered: func(_ string, _ int, ok bool) { done <- ok },
+			})
 			if err != nil {
 				return
 			}
-			conns.Store(ws, true)
-			ws.Write(ctx, websocket.MessageText, fmt.Appendf(nil, `{"type":"subscribe","room":"rec:%d","id":"s","since":{"offset":0,"epoch":%q}}`, r, epochs[r]))
-			got := 0
-			rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-			defer cancel()
-			for {
-				_, p, err := ws.Read(rctx)
-				if err != nil {
-					return
+			mu.Lock()
+			clients = append(clients, c)
+			mu.Unlock()
+			if _, err := c.SubscribeFrom(ctx, fmt.Sprintf("rec:%d", r), epochs[r], 0, func(client.Message) { got.Add(1) }); err != nil {
+				return
+			}
+			select {
+			case ok := <-done:
+				if ok && got.Load() == int64(msgs) {
+					complete.Add(1)
 				}
-				for line := range bytes.SplitSeq(p, []byte("\n")) {
-					switch {
-					case bytes.HasPrefix(line, []byte(`{"type":"message"`)):
-						got++
-					case bytes.HasPrefix(line, []byte(`{"type":"ack"`)):
-						if got == msgs && bytes.Contains(line, []byte(`"recovered":true`)) {
-							complete.Add(1)
-						}
-						return
-					}
-				}
+			case <-time.After(60 * time.Second):
 			}
 		})
 	}
@@ -201,6 +199,10 @@ func (e *suiteEnv) recovery(nd *benchNode, n, msgs int) (recoveryResult, error) 
 	took := time.Since(start)
 	res := recoveryResult{complete: int(complete.Load()), took: took, redisCPU: redisCPU(rc) - cpu0,
 		reads: metricSum([]string{nd.addr}, "hub_redis_history_reads_total") - reads0}
-	conns.Range(func(k, _ any) bool { k.(*websocket.Conn).CloseNow(); return true })
+	var closing sync.WaitGroup
+	for _, c := range clients {
+		closing.Go(func() { c.Close() })
+	}
+	closing.Wait()
 	return res, nil
 }
