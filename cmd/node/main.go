@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -32,6 +33,11 @@ import (
 )
 
 func main() {
+	if os.Getenv("GOGC") == "" {
+		// Half the heap headroom of Go's default: an idle connection's
+		// memory is mostly heap, and a hub holds many (README, "Memory").
+		debug.SetGCPercent(50)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := run(ctx, os.Environ(), os.Stderr); err != nil {
