@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,7 +13,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -55,7 +53,7 @@ func TestAddressInUseIsAnError(t *testing.T) {
 // test harness's and the compose file's are not.
 func TestUnknownVariablesAreWarnedAbout(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	var logs syncBuffer
+	var logs hubtest.LogBuffer
 	addr, done := startRunLogs(t, ctx, []string{"HUB_MAX_CONECTIONS=10", "HUB_TEST_REDIS_IMAGE=x", "HUB_LB_PORT=1"}, &logs)
 	waitReady(t, "http://"+addr)
 	cancel()
@@ -71,24 +69,6 @@ func TestUnknownVariablesAreWarnedAbout(t *testing.T) {
 	if want := []string{"[HUB_MAX_CONECTIONS]"}; !slices.Equal(warnings, want) {
 		t.Errorf("got warnings about %v, want %v", warnings, want)
 	}
-}
-
-// syncBuffer is a bytes.Buffer that a node may write while a test reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func logLines(t *testing.T, s string) []map[string]any {
@@ -166,7 +146,7 @@ func TestSlowBodyIsCut(t *testing.T) {
 // debug line: accept failures go through a logging listener.
 func TestAcceptFailuresAreWarnedAbout(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	var logs syncBuffer
+	var logs hubtest.LogBuffer
 	addr, done := startRunLogs(t, ctx, nil, &logs)
 	defer func() { cancel(); <-done }()
 	waitReady(t, "http://"+addr)

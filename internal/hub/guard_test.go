@@ -1,12 +1,11 @@
 package hub
 
 import (
-	"bytes"
 	"context"
 	"fmt"
+	"github.com/hubcluster/hubcluster/internal/hubtest"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -33,30 +32,13 @@ func token(t *testing.T, ttl time.Duration, extra jwt.MapClaims) string {
 	return s
 }
 
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func authNode(t *testing.T, cfg Config) (*testNode, *logBuffer) {
+func authNode(t *testing.T, cfg Config) (*testNode, *hubtest.LogBuffer) {
 	t.Helper()
 	v, err := auth.New(auth.Config{Secret: testSecret})
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &logBuffer{}
+	logs := &hubtest.LogBuffer{}
 	cfg.Authenticator = v
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	cfg.PingInterval = -1

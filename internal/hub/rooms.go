@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -301,9 +302,9 @@ func (r *room) newEpochLocked(epoch string) {
 func (r *room) holdLocked(m pubsub.Message) {
 	i, found := slices.BinarySearchFunc(r.held, m, func(a, b pubsub.Message) int {
 		if a.Epoch != b.Epoch {
-			return compareStrings(a.Epoch, b.Epoch)
+			return cmp.Compare(a.Epoch, b.Epoch)
 		}
-		return compareUint(a.Offset, b.Offset)
+		return cmp.Compare(a.Offset, b.Offset)
 	})
 	if found {
 		r.h.metrics.duplicates.Inc()
@@ -356,26 +357,6 @@ func (r *room) releaseHeldLocked() {
 	}
 	clear(r.held[len(keep):])
 	r.held = keep
-}
-
-func compareUint(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // position is where the node stands in the room: its epoch and the offset

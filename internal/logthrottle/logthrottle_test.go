@@ -1,11 +1,8 @@
 package logthrottle
 
 import (
-	"bytes"
-	"encoding/json"
+	"github.com/hubcluster/hubcluster/internal/hubtest"
 	"log/slog"
-	"strings"
-	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -15,41 +12,11 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) logger() *slog.Logger { return slog.New(slog.NewJSONHandler(b, nil)) }
-
-func (b *logBuffer) lines(t *testing.T, prefix string) []map[string]any {
-	t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []map[string]any
-	for line := range strings.Lines(b.buf.String()) {
-		var m map[string]any
-		if err := json.Unmarshal([]byte(line), &m); err != nil {
-			t.Fatalf("log line %q: %v", line, err)
-		}
-		if msg, _ := m["msg"].(string); strings.HasPrefix(msg, prefix) {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
 func TestLogThrottle(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var logs logBuffer
-		th := New(logs.logger(), slog.LevelWarn, "refused", 10*time.Second)
-		count := func() int { return len(logs.lines(t, "refused")) }
+		var logs hubtest.LogBuffer
+		th := New(logs.Logger(), slog.LevelWarn, "refused", 10*time.Second)
+		count := func() int { return len(logs.Lines(t, "refused")) }
 
 		for i := range 1000 {
 			th.Log("n", i)
@@ -59,7 +26,7 @@ func TestLogThrottle(t *testing.T) {
 		}
 		time.Sleep(10 * time.Second) // fake time: the interval ends
 		synctest.Wait()
-		lines := logs.lines(t, "refused")
+		lines := logs.Lines(t, "refused")
 		if len(lines) != 2 {
 			t.Fatalf("after the interval: got %d lines, want 2", len(lines))
 		}
@@ -76,7 +43,7 @@ func TestLogThrottle(t *testing.T) {
 		}
 		time.Sleep(10 * time.Second)
 		synctest.Wait()
-		if got := logs.lines(t, "refused"); len(got) != 3 || got[2]["suppressed"] != 1.0 {
+		if got := logs.Lines(t, "refused"); len(got) != 3 || got[2]["suppressed"] != 1.0 {
 			t.Fatalf("got %v, want a third line with 1 suppressed", got)
 		}
 
@@ -85,7 +52,7 @@ func TestLogThrottle(t *testing.T) {
 		time.Sleep(time.Minute)
 		synctest.Wait()
 		th.Log("n", 1001)
-		if got := logs.lines(t, "refused"); len(got) != 4 || got[3]["msg"] != "refused" || got[3]["n"] != 1001.0 {
+		if got := logs.Lines(t, "refused"); len(got) != 4 || got[3]["msg"] != "refused" || got[3]["n"] != 1001.0 {
 			t.Fatalf("after a quiet minute: got %v, want the event logged at once", got)
 		}
 		time.Sleep(time.Minute)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"github.com/hubcluster/hubcluster/internal/hubtest"
 	"io"
 	"net"
 	"net/http"
@@ -209,8 +210,8 @@ func (l failingListener) Accept() (net.Conn, error) { return nil, l.err }
 // Accept failures (out of file descriptors) are logged at warn, throttled,
 // and counted; a closed listener is not a failure.
 func TestAcceptFailuresAreLogged(t *testing.T) {
-	var logs logBuffer
-	s := New(Config{Logger: logs.logger()}, nil)
+	var logs hubtest.LogBuffer
+	s := New(Config{Logger: logs.Logger()}, nil)
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -222,7 +223,7 @@ func TestAcceptFailuresAreLogged(t *testing.T) {
 			t.Fatalf("got %v, want the listener's error unchanged", err)
 		}
 	}
-	lines := logs.lines(t, "accept failed")
+	lines := logs.Lines(t, "accept failed")
 	if len(lines) != 1 || lines[0]["level"] != "WARN" || !strings.Contains(lines[0]["err"].(string), "too many open files") {
 		t.Errorf("got %v, want one warning that names the error", lines)
 	}

@@ -117,8 +117,8 @@ func TestRefusalLogsAreThrottled(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var logs logBuffer
-			tt.cfg.Logger = logs.logger()
+			var logs hubtest.LogBuffer
+			tt.cfg.Logger = logs.Logger()
 			n := startNode(t, tt.cfg, true)
 			if tt.hold {
 				if got, _ := dialWith(t, n, ""); got != 101 {
@@ -151,7 +151,7 @@ func TestRefusalLogsAreThrottled(t *testing.T) {
 					t.Fatalf("attempt %d: got HTTP %d, want %d", i, got, tt.want)
 				}
 			}
-			if got := logs.lines(t, "upgrade refused"); len(got) != 1 {
+			if got := logs.Lines(t, "upgrade refused"); len(got) != 1 {
 				t.Errorf("got %d log lines for 20 refusals, want 1: %v", len(got), got)
 			}
 		})

@@ -259,25 +259,8 @@ type node struct {
 	id     string
 	addr   string
 	cmd    *exec.Cmd
-	logs   *syncBuffer
+	logs   *hubtest.LogBuffer
 	exited chan error
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func freePort(t *testing.T) string {
@@ -307,7 +290,7 @@ func startNode(t *testing.T, id string, env ...string) *node {
 		"HUB_ADDR=" + addr, "HUB_NODE_ID=" + id, "HUB_LOG_LEVEL=debug", "HUB_DRAIN_TIMEOUT=10s",
 		"PATH=" + os.Getenv("PATH"),
 	}, env...)
-	n := &node{t: t, id: id, addr: addr, cmd: cmd, logs: &syncBuffer{}, exited: make(chan error, 1)}
+	n := &node{t: t, id: id, addr: addr, cmd: cmd, logs: &hubtest.LogBuffer{}, exited: make(chan error, 1)}
 	cmd.Stdout = n.logs
 	cmd.Stderr = n.logs
 	if err := cmd.Start(); err != nil {
