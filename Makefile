@@ -8,6 +8,10 @@ JS      := clients/js
 
 # docker compose v2 when present, else Debian's docker-compose v1.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+# REDIS_MODE=cluster runs the compose cluster on a Redis Cluster (three
+# primaries, three replicas: docker-compose.cluster.yml) instead of one Redis.
+REDIS_MODE ?= standalone
+COMPOSE_FILES := -f docker-compose.yml $(if $(filter cluster,$(REDIS_MODE)),-f docker-compose.cluster.yml)
 
 all: lint test
 
@@ -65,15 +69,15 @@ image: ## the node's container image (hubcluster/node:dev), built without any re
 	@./scripts/docker-env.sh >/dev/null
 	docker build -t $${NODE_IMAGE:-hubcluster/node:dev} .
 
-up: image ## a three-replica cluster behind HAProxy on 127.0.0.1:8080 (HUB_LB_PORT)
-	@eval "$$(./scripts/docker-env.sh)" && $(COMPOSE) up -d
-	@echo "cluster up: ws://$${HUB_LB_BIND:-127.0.0.1}:$${HUB_LB_PORT:-8080}/ws, demo: http://$${HUB_LB_BIND:-127.0.0.1}:$${HUB_LB_PORT:-8080}/"
+up: image ## a three-replica cluster behind HAProxy on 127.0.0.1:8080 (HUB_LB_PORT); REDIS_MODE=cluster: on a Redis Cluster
+	@eval "$$(./scripts/docker-env.sh)" && $(COMPOSE) $(COMPOSE_FILES) up -d
+	@echo "cluster up ($(REDIS_MODE) Redis): ws://$${HUB_LB_BIND:-127.0.0.1}:$${HUB_LB_PORT:-8080}/ws, demo: http://$${HUB_LB_BIND:-127.0.0.1}:$${HUB_LB_PORT:-8080}/"
 
-down: ## stop the cluster and remove its containers and network
-	$(COMPOSE) down --remove-orphans -t 30
+down: ## stop the cluster and remove its containers and network (the same REDIS_MODE as up)
+	$(COMPOSE) $(COMPOSE_FILES) down --remove-orphans -t 30
 
 logs: ## follow the cluster's logs
-	$(COMPOSE) logs -f
+	$(COMPOSE) $(COMPOSE_FILES) logs -f
 
 clean:
 	rm -rf $(BIN) artifacts

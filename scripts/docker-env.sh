@@ -5,8 +5,9 @@
 # `eval "$(scripts/docker-env.sh)"`. Progress goes to stderr.
 #
 # Works on an air-gapped CI runner: when the public images are not present
-# locally it builds local/redis:7 and local/haproxy:2 from Debian's binaries
-# (no registry pull). On a laptop with Docker and no redis-server installed, it
+# locally it builds local/redis:7 (redis-server, redis-sentinel, redis-cli: a
+# Redis Cluster or a Sentinel setup runs from it too) and local/haproxy:2
+# from Debian's binaries (no registry pull). On a laptop with Docker and no redis-server installed, it
 # leaves the default public images for testcontainers and compose to pull.
 #
 # As root on a Debian-like machine it installs what is missing (docker.io,
@@ -27,6 +28,7 @@ fi
 if [ -z "${HUB_TEST_REDIS_IMAGE:-}" ]; then
   # Local images are built from Debian's binaries (see below): have them.
   command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+  command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
   command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
   [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need_apt+=(busybox-static)
 fi
@@ -54,28 +56,53 @@ if ! docker info >/dev/null 2>&1; then
   exit 1
 fi
 
+# The recipe of the local images: a local image built by an older recipe is
+# built again (its ENV HUBCLUSTER_RECIPE differs).
+recipe=2
+
 # build_image NAME PORT BINARY ARGS...: an image holding BINARY from this machine, the
 # libraries it links, and busybox as /bin/sh with the tools testcontainers' port
-# wait runs inside the container.
+# wait (and the cluster tests' scripts) run inside the container. BINARY runs
+# through a wrapper that adds ARGS after the caller's arguments (so a config
+# file may come first, as redis-server wants). EXTRA_BINS names more binaries
+# to copy as they are; EXTRA_WRAPPERS "NAME=ARGS;..." more wrappers of BINARY.
 build_image() {
   local name=$1 port=$2 bin=$3; shift 3
   local dir; dir=$(mktemp -d)
   mkdir -p "$dir/bin" "$dir/usr/local/bin" "$dir/tmp" "$dir/data"
   chmod 1777 "$dir/tmp"
-  cp "$bin" "$dir/usr/local/bin/real-$(basename "$bin")"
-  for lib in $(ldd "$bin" | awk '/=>/ {print $3} /^\t\// {print $1}'); do
+  local real; real=real-$(basename "$bin")
+  cp "$bin" "$dir/usr/local/bin/$real"
+  local extra
+  for extra in ${EXTRA_BINS:-}; do cp "$extra" "$dir/usr/local/bin/$(basename "$extra")"; done
+  for lib in $(ldd "$bin" ${EXTRA_BINS:-} | awk '/=>/ {print $3} /^\t\// {print $1}' | sort -u); do
     [ -f "$lib" ] || continue
     mkdir -p "$dir$(dirname "$lib")"
     cp -L "$lib" "$dir$lib"
   done
   local bb; bb=$(command -v busybox)
   cp "$bb" "$dir/bin/busybox"
-  for tool in sh cat grep awk nc sleep ls; do ln -sf busybox "$dir/bin/$tool"; done
-  printf '#!/bin/sh\nexec /usr/local/bin/real-%s %s "$@"\n' "$(basename "$bin")" "$*" >"$dir/usr/local/bin/$(basename "$bin")"
+  for tool in sh cat grep awk nc sleep ls kill ps mkdir rm seq sed head tail tr wc cut date; do
+    ln -sf busybox "$dir/bin/$tool"
+  done
+  printf '#!/bin/sh\nexec /usr/local/bin/%s "$@" %s\n' "$real" "$*" >"$dir/usr/local/bin/$(basename "$bin")"
   chmod +x "$dir/usr/local/bin/$(basename "$bin")"
+  local wrapper IFS_=$IFS
+  IFS=';'
+  for wrapper in ${EXTRA_WRAPPERS:-}; do
+    IFS=$IFS_
+    printf '#!/bin/sh\nexec /usr/local/bin/%s "$@" %s\n' "$real" "${wrapper#*=}" >"$dir/usr/local/bin/${wrapper%%=*}"
+    chmod +x "$dir/usr/local/bin/${wrapper%%=*}"
+  done
+  IFS=$IFS_
   tar -C "$dir" -c . | docker import -c "CMD [\"$(basename "$bin")\"]" -c "EXPOSE $port" \
-    -c 'ENV PATH=/usr/local/bin:/bin' -c 'WORKDIR /data' - "$name" >/dev/null
+    -c 'ENV PATH=/usr/local/bin:/bin' -c "ENV HUBCLUSTER_RECIPE=$recipe" -c 'WORKDIR /data' - "$name" >/dev/null
   rm -rf "$dir"
+}
+
+# current_image NAME: whether NAME exists, built by this recipe.
+current_image() {
+  docker image inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$1" 2>/dev/null | grep -qx "HUBCLUSTER_RECIPE=$recipe"
 }
 
 redis_image=${HUB_TEST_REDIS_IMAGE:-}
@@ -84,9 +111,10 @@ if [ -z "$redis_image" ]; then
     redis_image=redis:7-alpine
   elif command -v redis-server >/dev/null 2>&1; then
     redis_image=local/redis:7
-    if ! docker image inspect "$redis_image" >/dev/null 2>&1; then
-      say "building $redis_image from $(command -v redis-server)"
-      build_image "$redis_image" 6379 "$(command -v redis-server)" --protected-mode no
+    if ! current_image "$redis_image"; then
+      say "building $redis_image from $(command -v redis-server) and $(command -v redis-cli)"
+      EXTRA_BINS=$(command -v redis-cli) EXTRA_WRAPPERS="redis-sentinel=--sentinel --protected-mode no" \
+        build_image "$redis_image" 6379 "$(command -v redis-server)" --protected-mode no
     fi
   else
     redis_image=redis:7-alpine # testcontainers pulls it
@@ -99,7 +127,7 @@ if [ -z "$haproxy_image" ]; then
     haproxy_image=haproxy:2.8
   elif [ "$redis_image" = local/redis:7 ] && [ -x "$haproxy_bin" ]; then
     haproxy_image=local/haproxy:2
-    if ! docker image inspect "$haproxy_image" >/dev/null 2>&1; then
+    if ! current_image "$haproxy_image"; then
       say "building $haproxy_image from $haproxy_bin"
       build_image "$haproxy_image" 8080 "$haproxy_bin"
     fi

@@ -6,6 +6,7 @@
 //
 //	hubbench -targets 127.0.0.1:8080 -members 1000 -rooms 1 -publishers 4 -rate 200 -duration 10s
 //	hubbench -suite   # what make bench runs: Redis, two nodes, the fixed scenarios
+//	hubbench -suite -sharded   # only the one against a 3-shard Redis Cluster
 //
 // Connections are spread over -source-ips (127.0.0.x on loopback, so ephemeral
 // ports do not run out) and over -procs worker processes (each process may hold
@@ -55,12 +56,16 @@ func run(args []string, out io.Writer) error {
 		quick      = fs.Bool("quick", false, "with -suite: smaller scenarios, for a smoke run")
 		perMember  = fs.Int("rooms-per-member", 1, "rooms each member joins (above 1: spread pseudo-randomly, publishers are the first -publishers members)")
 		churn      = fs.Float64("churn", 0, "share of memberships that leave and join again every second while publishing (0.05: 5%)")
+		sharded    = fs.Bool("sharded", false, "with -suite: only scenario 6 (one Redis against a 3-shard Redis Cluster)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *worker {
 		return runWorker(os.Stdin, out)
+	}
+	if *suite && *sharded {
+		return runSharded(*nodeBin, *quick, out)
 	}
 	if *suite {
 		return runSuite(*nodeBin, *quick, out)

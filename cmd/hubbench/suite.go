@@ -44,7 +44,8 @@ var fanoutVariants = []fanoutVariant{
 type suiteEnv struct {
 	nodeBin   string
 	redisAddr string
-	prefix    string // one channel prefix per scenario: its nodes share rooms
+	redisEnv  []string // the nodes' Redis settings, when not HUB_REDIS_URL of redisAddr
+	prefix    string   // one channel prefix per scenario: its nodes share rooms
 	log       io.Writer
 	nodes     []*benchNode // every node started; stopNodes stops those still running
 }
@@ -249,6 +250,19 @@ func runSuite(nodeBin string, quick bool, out io.Writer) error {
 			row{"5 recovery", "Redis CPU seconds / history reads for it", "", fmt.Sprintf("%.2f s / %.0f reads", rep.redisCPU, rep.reads)})
 	}
 
+	// 6. The same publishes through one Redis and a 3-shard Redis Cluster.
+	{
+		r, err := env.sharded(quick)
+		if err != nil {
+			return err
+		}
+		add(r...)
+	}
+
+	return printRows(out, rows)
+}
+
+func printRows(out io.Writer, rows []row) error {
 	fmt.Fprintf(out, "hubbench suite, %s, %d cores, Go %s, nodes with their defaults unless a row says otherwise\n\n",
 		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version())
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
@@ -257,6 +271,23 @@ func runSuite(nodeBin string, quick bool, out io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.scenario, r.figure, r.target, r.result)
 	}
 	return tw.Flush()
+}
+
+// runSharded runs scenario 6 alone (hubbench -suite -sharded).
+func runSharded(nodeBin string, quick bool, out io.Writer) error {
+	env := &suiteEnv{nodeBin: nodeBin, log: os.Stderr}
+	redisAddr, stopRedis, err := hubtest.StartRedisServer("--maxclients", "10000")
+	if err != nil {
+		return err
+	}
+	defer stopRedis()
+	env.redisAddr = redisAddr
+	defer env.stopNodes()
+	rows, err := env.sharded(quick)
+	if err != nil {
+		return err
+	}
+	return printRows(out, rows)
 }
 
 func errString(err error) string {
@@ -296,7 +327,11 @@ func (e *suiteEnv) startNode(id string, extra ...string) (*benchNode, error) {
 		return nil, err
 	}
 	cmd := exec.Command(e.nodeBin)
-	cmd.Env = append(os.Environ(), "HUB_ADDR="+addr, "HUB_NODE_ID="+id, "HUB_REDIS_URL=redis://"+e.redisAddr,
+	redisEnv := e.redisEnv
+	if redisEnv == nil {
+		redisEnv = []string{"HUB_REDIS_URL=redis://" + e.redisAddr}
+	}
+	cmd.Env = append(append(os.Environ(), redisEnv...), "HUB_ADDR="+addr, "HUB_NODE_ID="+id,
 		"HUB_REDIS_PREFIX="+e.prefix, "HUB_LOG_LEVEL=error", "HUB_DRAIN_DELAY=0s",
 		"HUB_CLIENT_RATE=0", "HUB_MAX_HTTP_CONNECTIONS=0", "HUB_MAX_HTTP_CONNECTIONS_PER_IP=0")
 	cmd.Env = append(cmd.Env, extra...)

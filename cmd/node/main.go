@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -85,8 +86,13 @@ func run(ctx context.Context, environ []string, logOut io.Writer) error {
 		return fmt.Errorf("listen on HUB_ADDR %q: %w", cfg.Addr, err)
 	}
 	brokerName := "memory"
-	if cfg.RedisURL != "" {
+	switch cfg.RedisMode() {
+	case config.RedisStandalone:
 		brokerName = "redis " + cfg.RedactedRedisURL()
+	case config.RedisCluster:
+		brokerName = "redis cluster " + strings.Join(cfg.RedisCluster, ",")
+	case config.RedisSentinel:
+		brokerName = "redis sentinel " + cfg.RedisMaster + "@" + strings.Join(cfg.RedisSentinels, ",")
 	}
 	log.Info("node started", "addr", ln.Addr().String(), "node_id", cfg.NodeID, "origin", origin, "broker", brokerName,
 		"history_size", cfg.HistorySize)
@@ -151,12 +157,12 @@ func hubConfig(cfg config.Config, origin string, log *slog.Logger, reg prometheu
 }
 
 func newBroker(cfg config.Config, origin string, log *slog.Logger, reg prometheus.Registerer) (pubsub.Broker, error) {
-	if cfg.RedisURL == "" {
+	mode := cfg.RedisMode()
+	if mode == config.RedisNone {
 		return pubsub.NewMemory(pubsub.MemoryConfig{HistorySize: cfg.HistorySize, HistoryTTL: cfg.HistoryTTL}), nil
 	}
 	redis.SetLogger(redisLogger{log.With("component", "go-redis")})
-	b, err := pubsub.NewRedis(pubsub.RedisConfig{
-		URL:           cfg.RedisURL,
+	rc := pubsub.RedisConfig{
 		Prefix:        cfg.RedisPrefix,
 		NodeID:        cfg.NodeID,
 		Origin:        origin,
@@ -167,9 +173,22 @@ func newBroker(cfg config.Config, origin string, log *slog.Logger, reg prometheu
 		HistoryTTL:    cfg.HistoryTTL,
 		Logger:        log,
 		Registerer:    reg,
-	})
+	}
+	setting := "HUB_REDIS_URL"
+	switch mode {
+	case config.RedisStandalone:
+		rc.URL = cfg.RedisURL
+	case config.RedisCluster:
+		rc.Cluster, setting = cfg.RedisCluster, "HUB_REDIS_CLUSTER"
+	case config.RedisSentinel:
+		rc.Sentinels, rc.SentinelMaster, setting = cfg.RedisSentinels, cfg.RedisMaster, "HUB_REDIS_SENTINELS"
+	}
+	if mode != config.RedisStandalone {
+		rc.Username, rc.Password, rc.TLS = cfg.RedisUsername, cfg.RedisPassword, cfg.RedisTLS
+	}
+	b, err := pubsub.NewRedis(rc)
 	if err != nil {
-		return nil, fmt.Errorf("HUB_REDIS_URL: %w", err)
+		return nil, fmt.Errorf("%s: %w", setting, err)
 	}
 	return b, nil
 }

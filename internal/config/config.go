@@ -26,6 +26,12 @@ import (
 type Config struct {
 	Addr              string        `env:"HUB_ADDR" envDefault:":8080"`
 	RedisURL          string        `env:"HUB_REDIS_URL"`
+	RedisCluster      []string      `env:"HUB_REDIS_CLUSTER" envSeparator:","`
+	RedisSentinels    []string      `env:"HUB_REDIS_SENTINELS" envSeparator:","`
+	RedisMaster       string        `env:"HUB_REDIS_SENTINEL_MASTER"`
+	RedisUsername     string        `env:"HUB_REDIS_USERNAME"`
+	RedisPassword     string        `env:"HUB_REDIS_PASSWORD"`
+	RedisTLS          bool          `env:"HUB_REDIS_TLS" envDefault:"false"`
 	RedisPrefix       string        `env:"HUB_REDIS_PREFIX" envDefault:"hub:"`
 	ProbeInterval     time.Duration `env:"HUB_REDIS_PROBE_INTERVAL" envDefault:"1s"`
 	ProbeTimeout      time.Duration `env:"HUB_REDIS_PROBE_TIMEOUT" envDefault:"3s"`
@@ -142,6 +148,11 @@ func Load(environ []string) (Config, error) {
 	for i, o := range c.AllowedOrigins {
 		c.AllowedOrigins[i] = strings.TrimSpace(o)
 	}
+	for _, list := range [][]string{c.RedisCluster, c.RedisSentinels} {
+		for i, a := range list {
+			list[i] = strings.TrimSpace(a)
+		}
+	}
 	if c.NodeID == "" {
 		h, err := os.Hostname()
 		if err != nil || h == "" {
@@ -171,6 +182,7 @@ func (c *Config) validate() error {
 			bad("HUB_REDIS_URL", "want redis://host:port or rediss://host:port")
 		}
 	}
+	c.validateRedisMode(bad)
 	if c.RedisPrefix == "" || len(c.RedisPrefix) > 64 || strings.ContainsFunc(c.RedisPrefix, unicode.IsSpace) ||
 		strings.ContainsFunc(c.RedisPrefix, unicode.IsControl) {
 		bad("HUB_REDIS_PREFIX", "must be 1 to 64 characters without spaces or control characters")
@@ -282,6 +294,88 @@ func (c *Config) validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Redis deployments: standalone (HUB_REDIS_URL), Redis Cluster
+// (HUB_REDIS_CLUSTER), Sentinel (HUB_REDIS_SENTINELS).
+const (
+	RedisNone       = ""
+	RedisStandalone = "standalone"
+	RedisCluster    = "cluster"
+	RedisSentinel   = "sentinel"
+)
+
+// RedisMode is the Redis deployment the settings name, or RedisNone for the
+// in-memory broker. config.Load has checked that at most one is named.
+func (c *Config) RedisMode() string {
+	switch {
+	case c.RedisURL != "":
+		return RedisStandalone
+	case len(c.RedisCluster) > 0:
+		return RedisCluster
+	case len(c.RedisSentinels) > 0 || c.RedisMaster != "":
+		return RedisSentinel
+	}
+	return RedisNone
+}
+
+// validateRedisMode checks that at most one Redis deployment is named, that
+// its addresses are host:port, and that credentials and TLS come with a mode
+// that takes them. Passwords never appear in the messages.
+func (c *Config) validateRedisMode(bad func(name, format string, args ...any)) {
+	var modes []string
+	if c.RedisURL != "" {
+		modes = append(modes, "HUB_REDIS_URL")
+	}
+	if len(c.RedisCluster) > 0 {
+		modes = append(modes, "HUB_REDIS_CLUSTER")
+	}
+	if len(c.RedisSentinels) > 0 || c.RedisMaster != "" {
+		modes = append(modes, "HUB_REDIS_SENTINELS")
+	}
+	if len(modes) > 1 {
+		bad(modes[1], "set together with %s: choose one Redis deployment (standalone, cluster or sentinel)", modes[0])
+	}
+	addrs := func(name string, list []string) {
+		for _, a := range list {
+			host, port, err := net.SplitHostPort(a)
+			if p, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || p < 1 || p > 65535 {
+				if a == "" {
+					bad(name, "has an empty entry; want comma-separated host:port addresses")
+				} else {
+					bad(name, "%q is not host:port", a)
+				}
+			}
+		}
+	}
+	addrs("HUB_REDIS_CLUSTER", c.RedisCluster)
+	addrs("HUB_REDIS_SENTINELS", c.RedisSentinels)
+	switch {
+	case len(c.RedisSentinels) > 0 && c.RedisMaster == "":
+		bad("HUB_REDIS_SENTINEL_MASTER", "must name the primary the sentinels watch (their `sentinel monitor` name)")
+	case len(c.RedisSentinels) == 0 && c.RedisMaster != "":
+		bad("HUB_REDIS_SENTINELS", "must list the sentinels (host:port) when HUB_REDIS_SENTINEL_MASTER is set")
+	}
+	if strings.ContainsAny(c.RedisMaster, " \t\r\n") {
+		bad("HUB_REDIS_SENTINEL_MASTER", "must not contain spaces")
+	}
+	var why string
+	switch c.RedisMode() {
+	case RedisCluster, RedisSentinel:
+		return
+	case RedisStandalone:
+		why = "is for HUB_REDIS_CLUSTER and HUB_REDIS_SENTINELS; with HUB_REDIS_URL put the user, password and rediss:// in the URL"
+	default:
+		why = "is set, but no Redis is (HUB_REDIS_CLUSTER or HUB_REDIS_SENTINELS)"
+	}
+	for _, s := range []struct {
+		name string
+		set  bool
+	}{{"HUB_REDIS_USERNAME", c.RedisUsername != ""}, {"HUB_REDIS_PASSWORD", c.RedisPassword != ""}, {"HUB_REDIS_TLS", c.RedisTLS}} {
+		if s.set {
+			bad(s.name, "%s", why)
+		}
+	}
 }
 
 // WriteCoalesce parses HUB_WRITE_COALESCE as the hub takes it: 0 for auto

@@ -186,3 +186,79 @@ func TestDemo(t *testing.T) {
 		t.Errorf("HUB_DEMO=yes please: got %v, want an error naming HUB_DEMO", err)
 	}
 }
+
+func TestRedisModes(t *testing.T) {
+	tests := []struct {
+		env  []string
+		want string
+	}{
+		{nil, RedisNone},
+		{[]string{"HUB_REDIS_URL=redis://127.0.0.1:6379"}, RedisStandalone},
+		{[]string{"HUB_REDIS_CLUSTER=127.0.0.1:7001, 127.0.0.1:7002"}, RedisCluster},
+		{[]string{"HUB_REDIS_SENTINELS=10.0.0.1:26379,10.0.0.2:26379", "HUB_REDIS_SENTINEL_MASTER=mymaster",
+			"HUB_REDIS_USERNAME=hub", "HUB_REDIS_PASSWORD=pw", "HUB_REDIS_TLS=true"}, RedisSentinel},
+	}
+	for _, tt := range tests {
+		c, err := Load(tt.env)
+		if err != nil {
+			t.Errorf("Load(%q): %v", tt.env, err)
+			continue
+		}
+		if got := c.RedisMode(); got != tt.want {
+			t.Errorf("Load(%q): got mode %q, want %q", tt.env, got, tt.want)
+		}
+	}
+	c, err := Load([]string{"HUB_REDIS_CLUSTER= 127.0.0.1:7001 ,redis-2:7002"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"127.0.0.1:7001", "redis-2:7002"}; !slices.Equal(c.RedisCluster, want) {
+		t.Errorf("HUB_REDIS_CLUSTER: got %q, want %q", c.RedisCluster, want)
+	}
+}
+
+// More than one Redis deployment, a bad address list, a sentinel list
+// without its primary's name, or credentials without a mode that takes them:
+// each error names the variables at fault, and never shows the password.
+func TestRedisModeErrorsNameTheVariables(t *testing.T) {
+	tests := []struct {
+		env  []string
+		want []string
+	}{
+		{[]string{"HUB_REDIS_URL=redis://127.0.0.1:6379", "HUB_REDIS_CLUSTER=127.0.0.1:7001"}, []string{"HUB_REDIS_URL", "HUB_REDIS_CLUSTER"}},
+		{[]string{"HUB_REDIS_URL=redis://127.0.0.1:6379", "HUB_REDIS_SENTINELS=127.0.0.1:26379", "HUB_REDIS_SENTINEL_MASTER=m"},
+			[]string{"HUB_REDIS_URL", "HUB_REDIS_SENTINELS"}},
+		{[]string{"HUB_REDIS_CLUSTER=127.0.0.1:7001", "HUB_REDIS_SENTINELS=127.0.0.1:26379", "HUB_REDIS_SENTINEL_MASTER=m"},
+			[]string{"HUB_REDIS_CLUSTER", "HUB_REDIS_SENTINELS"}},
+		{[]string{"HUB_REDIS_CLUSTER=127.0.0.1:7001", "HUB_REDIS_SENTINEL_MASTER=m"}, []string{"HUB_REDIS_CLUSTER", "HUB_REDIS_SENTINELS"}},
+		{[]string{"HUB_REDIS_CLUSTER=127.0.0.1:7001,,127.0.0.1:7002"}, []string{"HUB_REDIS_CLUSTER"}},
+		{[]string{"HUB_REDIS_CLUSTER=127.0.0.1"}, []string{"HUB_REDIS_CLUSTER"}},
+		{[]string{"HUB_REDIS_CLUSTER=127.0.0.1:0"}, []string{"HUB_REDIS_CLUSTER"}},
+		{[]string{"HUB_REDIS_CLUSTER=redis://127.0.0.1:7001"}, []string{"HUB_REDIS_CLUSTER"}},
+		{[]string{"HUB_REDIS_SENTINELS=127.0.0.1:26379"}, []string{"HUB_REDIS_SENTINEL_MASTER"}},
+		{[]string{"HUB_REDIS_SENTINEL_MASTER=mymaster"}, []string{"HUB_REDIS_SENTINELS"}},
+		{[]string{"HUB_REDIS_SENTINELS=127.0.0.1:26379,:1", "HUB_REDIS_SENTINEL_MASTER=m"}, []string{"HUB_REDIS_SENTINELS"}},
+		{[]string{"HUB_REDIS_SENTINELS=127.0.0.1:26379", "HUB_REDIS_SENTINEL_MASTER=my master"}, []string{"HUB_REDIS_SENTINEL_MASTER"}},
+		{[]string{"HUB_REDIS_PASSWORD=hunter2"}, []string{"HUB_REDIS_PASSWORD"}},
+		{[]string{"HUB_REDIS_USERNAME=hub"}, []string{"HUB_REDIS_USERNAME"}},
+		{[]string{"HUB_REDIS_TLS=true"}, []string{"HUB_REDIS_TLS"}},
+		{[]string{"HUB_REDIS_TLS=maybe", "HUB_REDIS_CLUSTER=127.0.0.1:7001"}, []string{"HUB_REDIS_TLS"}},
+		{[]string{"HUB_REDIS_TLS=", "HUB_REDIS_CLUSTER=127.0.0.1:7001"}, []string{"HUB_REDIS_TLS"}},
+		{[]string{"HUB_REDIS_URL=redis://127.0.0.1:6379", "HUB_REDIS_PASSWORD=hunter2"}, []string{"HUB_REDIS_PASSWORD", "HUB_REDIS_URL"}},
+	}
+	for _, tt := range tests {
+		_, err := Load(tt.env)
+		if err == nil {
+			t.Errorf("Load(%q): got nil error", tt.env)
+			continue
+		}
+		for _, name := range tt.want {
+			if !strings.Contains(err.Error(), name) {
+				t.Errorf("Load(%q): got %q, want it to name %s", tt.env, err, name)
+			}
+		}
+		if strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("Load(%q): got %q, which shows the password", tt.env, err)
+		}
+	}
+}

@@ -16,6 +16,61 @@ type redisMetrics struct {
 	received         prometheus.Counter
 	dropped          prometheus.Counter
 	subscriptions    prometheus.Gauge
+	fences           prometheus.Counter
+
+	// per shard (cluster mode: one per primary; Sentinel: the primary's name)
+	shardReady         *prometheus.GaugeVec
+	shardSubscriptions *prometheus.GaugeVec
+	shardPublishes     *prometheus.CounterVec
+	shardGaps          *prometheus.CounterVec
+	shardReconnects    *prometheus.CounterVec
+}
+
+// shardMetrics are one shard's series.
+type shardMetrics struct {
+	ready, subscriptions             prometheus.Gauge
+	published, unavailable, timedOut prometheus.Counter
+	gaps, reconnects                 prometheus.Counter
+}
+
+func (m *shardMetrics) publish(outcome string) {
+	switch outcome {
+	case "ok":
+		m.published.Inc()
+	case "timeout":
+		m.timedOut.Inc()
+	default:
+		m.unavailable.Inc()
+	}
+}
+
+// forShard returns the series of the shard called name; a standalone
+// Redis (name empty) gets series that are not exported.
+func (m *redisMetrics) forShard(name string) *shardMetrics {
+	if name == "" {
+		g := func() prometheus.Gauge { return prometheus.NewGauge(prometheus.GaugeOpts{Name: "unexported"}) }
+		c := func() prometheus.Counter { return prometheus.NewCounter(prometheus.CounterOpts{Name: "unexported"}) }
+		return &shardMetrics{g(), g(), c(), c(), c(), c(), c()}
+	}
+	return &shardMetrics{
+		ready:         m.shardReady.WithLabelValues(name),
+		subscriptions: m.shardSubscriptions.WithLabelValues(name),
+		published:     m.shardPublishes.WithLabelValues(name, "ok"),
+		unavailable:   m.shardPublishes.WithLabelValues(name, "unavailable"),
+		timedOut:      m.shardPublishes.WithLabelValues(name, "timeout"),
+		gaps:          m.shardGaps.WithLabelValues(name),
+		reconnects:    m.shardReconnects.WithLabelValues(name),
+	}
+}
+
+// dropShard removes the series of a shard that is gone.
+func (m *redisMetrics) dropShard(name string) {
+	l := prometheus.Labels{"shard": name}
+	m.shardReady.DeletePartialMatch(l)
+	m.shardSubscriptions.DeletePartialMatch(l)
+	m.shardPublishes.DeletePartialMatch(l)
+	m.shardGaps.DeletePartialMatch(l)
+	m.shardReconnects.DeletePartialMatch(l)
 }
 
 func newRedisMetrics(reg prometheus.Registerer) (*redisMetrics, error) {
@@ -61,12 +116,31 @@ func newRedisMetrics(reg prometheus.Registerer) (*redisMetrics, error) {
 		subscriptions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "hub_redis_subscriptions", Help: "Room channels this node is subscribed to.",
 		}),
+		fences: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hub_redis_history_fences_total", Help: "Rooms whose history, after a failover, no longer held the last message this node saw: a new epoch was started, and members told gap.",
+		}),
+		shardReady: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "hub_redis_shard_ready", Help: "1 while this shard's subscription connection is proven live by its self-probe (Redis Cluster: one shard per primary, by address; Sentinel: the primary's name).",
+		}, []string{"shard"}),
+		shardSubscriptions: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "hub_redis_shard_subscriptions", Help: "Room channels this node is subscribed to on the shard.",
+		}, []string{"shard"}),
+		shardPublishes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hub_redis_shard_publishes_total", Help: "Publications to rooms the shard serves, by outcome: ok, unavailable, timeout.",
+		}, []string{"shard", "outcome"}),
+		shardGaps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hub_redis_shard_gaps_total", Help: "Room subscriptions made again on the shard after they were lost (a reconnect, a slot that moved, a failover).",
+		}, []string{"shard"}),
+		shardReconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hub_redis_shard_reconnects_total", Help: "Times the shard's subscription connection broke.",
+		}, []string{"shard"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.ready, m.duplicateID, m.connectionLosses, m.silentResets, m.gaps,
-		m.probeLatency, m.batchSize, m.publishes, m.historyReads, m.historyEntries, m.received, m.dropped, m.subscriptions} {
+		m.probeLatency, m.batchSize, m.publishes, m.historyReads, m.historyEntries, m.received, m.dropped, m.subscriptions,
+		m.fences, m.shardReady, m.shardSubscriptions, m.shardPublishes, m.shardGaps, m.shardReconnects} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -2,9 +2,11 @@ package pubsub
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,9 +19,25 @@ import (
 
 // RedisConfig holds the Redis broker's settings. Zero values take the
 // defaults noted.
+//
+// Exactly one of URL, Cluster and Sentinels names the Redis deployment.
 type RedisConfig struct {
-	// URL is a redis:// or rediss:// URL (TLS, ACL user and password).
+	// URL is a redis:// or rediss:// URL (TLS, ACL user and password) of a
+	// standalone Redis.
 	URL string
+	// Cluster lists seed host:ports of a Redis Cluster. Every room lives on
+	// the shard that owns its hash tag's slot, with sharded pub/sub.
+	Cluster []string
+	// Sentinels lists host:ports of the Redis Sentinels that watch the
+	// primary named SentinelMaster.
+	Sentinels      []string
+	SentinelMaster string
+	// Username, Password and TLS are the credentials and transport of the
+	// Redis servers in Cluster and Sentinel mode (a URL carries its own).
+	// Sentinels are asked without credentials, over TLS when it is on.
+	Username string
+	Password string
+	TLS      bool
 	// Prefix starts every key and channel name (default "hub:"). It must not
 	// contain '{' or '}': a room's keys share the hash tag {Prefix room}.
 	Prefix string
@@ -53,6 +71,15 @@ type RedisConfig struct {
 	Registerer prometheus.Registerer
 }
 
+// mode is the Redis deployment a broker runs on.
+type mode int
+
+const (
+	standalone mode = iota
+	sentinel
+	cluster
+)
+
 // Redis is the broker of a cluster: one Redis channel per room, subscribed
 // only while this node has local members in the room; commands pipelined.
 // With history on, each room also has a stream of its last HistorySize
@@ -60,56 +87,97 @@ type RedisConfig struct {
 // and publishes a message in one atomic step, so the offset a subscriber
 // sees is the one stored.
 //
+// On a Redis Cluster a room's channel and keys share one hash slot, so that
+// script runs on the one shard that owns the room, and publishes with
+// SPUBLISH: a message travels to that shard's subscribers only. The node
+// keeps one pub/sub connection per primary, each with its own self-probe,
+// and subscribes every room on the primary that owns its slot. When a slot
+// moves or a primary fails over, Redis ends those subscriptions; the node
+// follows the slot to its new owner, subscribes there, and tells the Sink to
+// Resync the rooms. With Sentinel the one pub/sub connection follows the
+// primary Sentinel names.
+//
 // Redis pub/sub is at-most-once. Redis makes every gap visible: a lost
 // connection or a subscription that goes silent (caught by a probe the node
 // publishes to itself) makes the broker not ready, and when a room's
-// subscription is back it tells the Sink to Resync the room.
+// subscription is back it tells the Sink to Resync the room. After a
+// failover (Cluster and Sentinel mode) a replica that had not received the
+// last writes may have become the primary; before it reports a room to
+// Resync, the broker checks that the room's history still holds the last
+// message this node saw, and starts a new epoch when it does not, so the
+// offsets handed out again are never taken for ones already delivered.
 //
 // A publication is sent at most once: go-redis never retries a command
 // here, so after a Redis stall a message is not delivered twice or out of
 // order. Its error says what is known: ErrUnavailable when it certainly did
-// not reach Redis, ErrUncertain when it may have.
+// not reach Redis (or Redis refused it: a redirect that could not be
+// followed, a slot in migration), ErrUncertain when it may have.
 //
 // All methods may be called concurrently. Subscribe and Unsubscribe record
 // interest and never block; Run carries it out, and must be running for a
 // subscription to go live or a command to be sent.
 type Redis struct {
 	cfg     RedisConfig
+	mode    mode
 	log     *slog.Logger
-	client  *redis.Client // commands: scripts, publishes, reads
-	sub     *redis.Client // the pub/sub connection
-	probeCh string
+	client  redis.UniversalClient // commands: scripts, publishes, reads
+	cluster *redis.ClusterClient  // client, in cluster mode
+	subOpts *redis.Options        // cluster mode: the options of each primary's pub/sub client, without Addr
+	single  *shard                // standalone and Sentinel mode: the one pub/sub connection
 	leaseK  string
 	metrics *redisMetrics
+	fencing bool // check the history after a failover (Cluster, Sentinel; history on)
 
 	pubQ  chan *op // publications, in order
-	readQ chan *op // history reads
+	readQ chan *op // history reads and fences
 	kick  chan struct{}
 
-	subErr   atomic.Pointer[error] // why the subscription is not proven live, or nil
-	dupErr   atomic.Pointer[error] // another live node holds this node id, or nil
-	stopSubs chan struct{}         // closed by StopSubscriptions
-	stopOnce sync.Once
-	subsDone chan struct{} // closed when the subscribe loop has ended
+	dupErr     atomic.Pointer[error] // another live node holds this node id, or nil
+	clusterErr atomic.Pointer[error] // cluster mode: why the slot map is not known, or nil
+	routes     atomic.Pointer[routes]
+	stopSubs   chan struct{} // closed by StopSubscriptions
+	stopOnce   sync.Once
+	subsDone   chan struct{} // closed when the subscribe loop has ended
 
 	// The publish queue's backlog (Backlog): nanoseconds.
 	lastWait, lastWaitAt, execStart atomic.Int64
 
-	mu    sync.Mutex // guards rooms and dirty
+	// Cluster mode: what shard sessions tell the cluster loop.
+	reload chan struct{}
+	moved  chan movedSlot
+
+	mu    sync.Mutex // guards rooms, dirty, and the shards' dirty, stale, unsubs and count
 	rooms map[string]*roomSub
 	dirty map[string]struct{}
+
+	fenceMu   sync.Mutex
+	fenceQ    []string // rooms to check, then Resync
+	fenceKick chan struct{}
 }
 
 // roomSub is this node's interest in one room, guarded by Redis.mu.
 type roomSub struct {
-	wanted  bool
-	sent    bool          // a SUBSCRIBE for it went to Redis and no UNSUBSCRIBE since
+	wanted bool
+	slot   uint16
+	// target is the shard that serves the room: the one shard, or in cluster
+	// mode the primary that owns its slot (nil while that is not known).
+	target  *shard
+	sent    bool          // a SUBSCRIBE for it went to target's connection and no UNSUBSCRIBE since
 	pending int           // SUBSCRIBE commands not yet confirmed
 	live    chan struct{} // closed once the subscription is confirmed
 	// lost is set when the connection failed after the room's subscription
 	// was live: its next confirmation is a resubscription, and the room may
 	// have missed messages in between.
 	lost bool
+	seen seen // the room's latest message this node knows of (fencing only)
+}
+
+// seen is a room's latest message known to this node: its place, and its
+// data when known.
+type seen struct {
+	epoch string
+	off   uint64
+	data  []byte
 }
 
 var errNotStarted = errors.New("redis: not connected yet")
@@ -150,38 +218,77 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	opts, err := redis.ParseURL(cfg.URL)
-	if err != nil {
-		// ParseURL's errors do not quote the URL, so no password leaks here.
-		return nil, fmt.Errorf("pubsub: redis url: %w", err)
+	r := &Redis{
+		cfg:       cfg,
+		leaseK:    cfg.Prefix + "!node:" + cfg.NodeID,
+		pubQ:      make(chan *op, 4*cfg.MaxBatch),
+		readQ:     make(chan *op, 4*cfg.MaxBatch),
+		kick:      make(chan struct{}, 1),
+		stopSubs:  make(chan struct{}),
+		subsDone:  make(chan struct{}),
+		reload:    make(chan struct{}, 1),
+		moved:     make(chan movedSlot, 64),
+		rooms:     make(map[string]*roomSub),
+		dirty:     make(map[string]struct{}),
+		fenceKick: make(chan struct{}, 1),
+	}
+	r.dupErr.Store(new(error))
+	r.clusterErr.Store(new(error))
+	var modes []string
+	if cfg.URL != "" {
+		modes = append(modes, "url")
+	}
+	if len(cfg.Cluster) > 0 {
+		modes, r.mode = append(modes, "cluster"), cluster
+	}
+	if len(cfg.Sentinels) > 0 || cfg.SentinelMaster != "" {
+		modes, r.mode = append(modes, "sentinels"), sentinel
+	}
+	if len(modes) != 1 {
+		return nil, fmt.Errorf("pubsub: want one Redis deployment (a URL, cluster seeds, or sentinels), got %d", len(modes))
+	}
+	if r.mode == sentinel && (len(cfg.Sentinels) == 0 || cfg.SentinelMaster == "") {
+		return nil, errors.New("pubsub: sentinel mode needs the sentinels and the primary's name")
 	}
 	m, err := newRedisMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, err
 	}
-	r := &Redis{
-		cfg:      cfg,
-		log:      cfg.Logger.With("component", "pubsub", "broker", "redis"),
-		client:   redis.NewClient(commandOptions(opts, cfg)),
-		sub:      redis.NewClient(subscriberOptions(opts, cfg)),
-		probeCh:  cfg.Prefix + "!probe:" + cfg.Origin, // '!' is never in a room name
-		leaseK:   cfg.Prefix + "!node:" + cfg.NodeID,
-		metrics:  m,
-		pubQ:     make(chan *op, 4*cfg.MaxBatch),
-		readQ:    make(chan *op, 4*cfg.MaxBatch),
-		kick:     make(chan struct{}, 1),
-		stopSubs: make(chan struct{}),
-		subsDone: make(chan struct{}),
-		rooms:    make(map[string]*roomSub),
-		dirty:    make(map[string]struct{}),
+	r.metrics = m
+	r.fencing = r.mode != standalone && cfg.HistorySize > 0
+	switch r.mode {
+	case standalone:
+		opts, err := redis.ParseURL(cfg.URL)
+		if err != nil {
+			// ParseURL's errors do not quote the URL, so no password leaks here.
+			return nil, fmt.Errorf("pubsub: redis url: %w", err)
+		}
+		r.client = redis.NewClient(commandOptions(opts, cfg))
+		r.single = r.newShard("", redis.NewClient(subscriberOptions(opts, cfg)))
+		r.single.dirty, r.single.kick = r.dirty, r.kick // the one shard is the whole interest
+	case sentinel:
+		r.client = redis.NewFailoverClient(failoverOptions(cfg, false))
+		r.single = r.newShard(cfg.SentinelMaster, redis.NewFailoverClient(failoverOptions(cfg, true)))
+		r.single.dirty, r.single.kick = r.dirty, r.kick
+	case cluster:
+		r.cluster = redis.NewClusterClient(clusterOptions(cfg))
+		r.client = r.cluster
+		r.subOpts = subscriberOptions(nodeOptions(cfg), cfg)
+		r.setClusterErr(errors.New("redis cluster: slot map not read yet"))
 	}
-	r.setSubReady(errNotStarted)
-	r.dupErr.Store(new(error))
+	r.log = cfg.Logger.With("component", "pubsub", "broker", "redis")
+	if r.single != nil {
+		r.single.probeCh = cfg.Prefix + "!probe:" + cfg.Origin // '!' is never in a room name
+		r.single.setReady(errNotStarted)
+	}
+	r.updateReady()
 	return r, nil
 }
 
-// commandOptions are the options of the command client. go-redis's zero
-// values are not "off": each one that matters is set.
+// The options of every client. go-redis's zero values are not "off": each
+// one that matters is set, in each of the three option structs.
+
+// commandOptions are the options of the command client.
 func commandOptions(base *redis.Options, cfg RedisConfig) *redis.Options {
 	o := *base
 	o.ClientName = "hubcluster:" + cfg.Origin
@@ -213,32 +320,148 @@ func subscriberOptions(base *redis.Options, cfg RedisConfig) *redis.Options {
 	return o
 }
 
-// Ready reports why fan-out does not work now, or nil.
+// nodeOptions are the connection settings of one Redis server in Cluster
+// and Sentinel mode.
+func nodeOptions(cfg RedisConfig) *redis.Options {
+	o := &redis.Options{Username: cfg.Username, Password: cfg.Password}
+	if cfg.TLS {
+		o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12} // the server name comes from each address
+	}
+	return o
+}
+
+// clusterOptions are the options of the command client of a Redis Cluster:
+// commandOptions', and redirects followed. A MOVED or ASK reply means the
+// command did not run, so sending it to the slot's owner is safe; a command
+// that may have run is never sent again, because every command this broker
+// sends through it is marked NoRetry (see once).
+func clusterOptions(cfg RedisConfig) *redis.ClusterOptions {
+	o := commandOptions(nodeOptions(cfg), cfg)
+	return &redis.ClusterOptions{
+		Addrs:                    slices.Clone(cfg.Cluster),
+		ClientName:               o.ClientName,
+		Username:                 o.Username,
+		Password:                 o.Password,
+		TLSConfig:                o.TLSConfig,
+		MaxRedirects:             3, // 0 means 3, -1 none
+		MaxRetries:               o.MaxRetries,
+		MinRetryBackoff:          o.MinRetryBackoff,
+		MaxRetryBackoff:          o.MaxRetryBackoff,
+		DialerRetries:            o.DialerRetries,
+		DialTimeout:              o.DialTimeout,
+		ReadTimeout:              o.ReadTimeout,
+		WriteTimeout:             o.WriteTimeout,
+		ContextTimeoutEnabled:    o.ContextTimeoutEnabled,
+		PoolSize:                 o.PoolSize, // per node
+		PoolTimeout:              o.PoolTimeout,
+		PipelinePoolSize:         o.PipelinePoolSize,
+		DisableIdentity:          o.DisableIdentity,
+		MaintNotificationsConfig: o.MaintNotificationsConfig,
+		// A node a command failed on is avoided for this long; the cluster
+		// loop learns of failovers from the servers themselves.
+		FailingTimeoutSeconds: 2,
+		// The cluster loop reloads the slot map on every sign of a change;
+		// this only bounds how stale go-redis's own copy may get.
+		ClusterStateReloadInterval: 10 * time.Second,
+	}
+}
+
+// failoverOptions are the options of a client of the primary Sentinel
+// names: commandOptions', or subscriberOptions' with sub.
+func failoverOptions(cfg RedisConfig, sub bool) *redis.FailoverOptions {
+	o := commandOptions(nodeOptions(cfg), cfg)
+	if sub {
+		o = subscriberOptions(nodeOptions(cfg), cfg)
+	}
+	return &redis.FailoverOptions{
+		MasterName:            cfg.SentinelMaster,
+		SentinelAddrs:         slices.Clone(cfg.Sentinels),
+		ClientName:            o.ClientName,
+		Username:              o.Username,
+		Password:              o.Password,
+		TLSConfig:             o.TLSConfig,
+		MaxRetries:            o.MaxRetries,
+		MinRetryBackoff:       o.MinRetryBackoff,
+		MaxRetryBackoff:       o.MaxRetryBackoff,
+		DialerRetries:         o.DialerRetries,
+		DialTimeout:           o.DialTimeout,
+		ReadTimeout:           o.ReadTimeout,
+		WriteTimeout:          o.WriteTimeout,
+		ContextTimeoutEnabled: o.ContextTimeoutEnabled,
+		PoolSize:              o.PoolSize,
+		PoolTimeout:           o.PoolTimeout,
+		PipelinePoolSize:      o.PipelinePoolSize,
+		DisableIdentity:       o.DisableIdentity,
+	}
+}
+
+// Ready reports why fan-out does not work now, or nil. In cluster mode the
+// reason names the shard whose subscription is not proven live.
 func (r *Redis) Ready() error {
 	if err := *r.dupErr.Load(); err != nil {
 		return err
 	}
-	return *r.subErr.Load()
+	if r.single != nil {
+		return r.single.ready()
+	}
+	if err := *r.clusterErr.Load(); err != nil {
+		return err
+	}
+	rt := r.routes.Load()
+	if rt == nil {
+		return errNotStarted
+	}
+	for _, sh := range rt.shards {
+		if err := sh.ready(); err != nil {
+			return fmt.Errorf("redis shard %s (slots %s): %w", sh.name, rt.slots[sh], err)
+		}
+	}
+	if rt.uncovered != "" {
+		return fmt.Errorf("redis cluster: no primary serves slots %s", rt.uncovered)
+	}
+	return nil
 }
 
-func (r *Redis) setSubReady(err error) {
-	r.subErr.Store(&err)
-	if err == nil && *r.dupErr.Load() == nil {
+func (r *Redis) setClusterErr(err error) {
+	r.clusterErr.Store(&err)
+	r.updateReady()
+}
+
+// updateReady sets the readiness gauge from Ready.
+func (r *Redis) updateReady() {
+	if r.Ready() == nil {
 		r.metrics.ready.Set(1)
 	} else {
 		r.metrics.ready.Set(0)
 	}
 }
 
-// publishable reports why a publication would certainly not be delivered
-// now, or nil. While the subscriptions are stopped on purpose (a drain),
-// publishing still works.
-func (r *Redis) publishable() error {
-	err := *r.subErr.Load()
-	if err == nil || r.stopping() {
-		return nil
+// publishable reports why a publication to room would certainly not be
+// delivered now, or nil. While the subscriptions are stopped on purpose (a
+// drain), publishing still works.
+func (r *Redis) publishable(room string) (*shard, error) {
+	sh := r.shardOf(room)
+	if r.stopping() {
+		return sh, nil
 	}
-	return err
+	if sh == nil {
+		if err := *r.clusterErr.Load(); err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("redis cluster: no primary serves the slot of room %q", room)
+	}
+	return sh, sh.ready()
+}
+
+// shardOf returns the shard that serves room, or nil when that is not known.
+func (r *Redis) shardOf(room string) *shard {
+	if r.single != nil {
+		return r.single
+	}
+	if rt := r.routes.Load(); rt != nil {
+		return rt.bySlot[slot(r.channel(room))]
+	}
+	return nil
 }
 
 // Subscribe records this node's interest in room. It never blocks.
@@ -255,7 +478,10 @@ func (r *Redis) want(room string, wanted bool) {
 			r.mu.Unlock()
 			return
 		}
-		s = &roomSub{live: make(chan struct{})}
+		s = &roomSub{live: make(chan struct{}), target: r.single}
+		if r.single == nil {
+			s.slot = slot(r.channel(room))
+		}
 		r.rooms[room] = s
 	}
 	if s.wanted != wanted {
@@ -319,7 +545,7 @@ func (r *Redis) Subscriptions() int {
 }
 
 // StopSubscriptions drops every subscription of this node at once, by closing
-// its pub/sub connection (Redis forgets a connection's subscriptions when it
+// its pub/sub connections (Redis forgets a connection's subscriptions when it
 // closes, whether or not Redis answers), so the node stops taking cluster
 // traffic. Publishing still works. It returns when the subscription loop has
 // ended, or ctx has.
@@ -339,18 +565,29 @@ func (r *Redis) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	releaseScript.Run(ctx, r.client, []string{r.leaseK}, r.cfg.Origin) // best effort
-	return errors.Join(r.client.Close(), r.sub.Close())
+	err := r.client.Close()
+	if r.single != nil {
+		err = errors.Join(err, r.single.sub.Close())
+	}
+	return err
 }
 
 // Run connects to Redis and carries messages until ctx ends: it sends
 // commands, keeps the subscriptions in line with this node's interest,
-// delivers what arrives to sink, and probes its own subscription. It returns
+// delivers what arrives to sink, and probes its own subscriptions. It returns
 // nil when ctx ends.
 func (r *Redis) Run(ctx context.Context, sink Sink) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { r.commandLoop(ctx, r.pubQ, true) })
 	wg.Go(func() { r.commandLoop(ctx, r.readQ, false) })
-	r.subscribeLoop(ctx, sink)
+	if r.fencing {
+		wg.Go(func() { r.fenceLoop(ctx, sink) })
+	}
+	if r.mode == cluster {
+		r.clusterLoop(ctx, sink)
+	} else {
+		r.subscribeLoop(ctx, sink, r.single)
+	}
 	close(r.subsDone)
 	wg.Wait()
 	return nil

@@ -19,7 +19,9 @@ import (
 // ARGV: channel, data, history size, TTL in ms, a fresh epoch in case the
 // room has none, "1" when an idempotency key is given. It returns {epoch,
 // offset, duplicate}.
-var publishScript = redis.NewScript(`
+var publishScript = redis.NewScript(publishSource)
+
+const publishSource = `
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then
   e = ARGV[5]
@@ -37,18 +39,20 @@ redis.call('PEXPIRE', KEYS[2], ARGV[4])
 if ARGV[6] == '1' then redis.call('SET', KEYS[3], off, 'PX', ARGV[4]) end
 redis.call('PUBLISH', ARGV[1], 'h' .. e .. ' ' .. off .. '\n' .. ARGV[2])
 return {e, off, 0}
-`)
+`
 
 // onceScript publishes a message once per idempotency key, with history
 // off. KEYS: the key. ARGV: channel, payload, TTL in ms. It returns 1 for a
 // duplicate.
-var onceScript = redis.NewScript(`
+var onceScript = redis.NewScript(onceSource)
+
+const onceSource = `
 if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[3]) then
   redis.call('PUBLISH', ARGV[1], ARGV[2])
   return 0
 end
 return 1
-`)
+`
 
 // historyScript reads where a room's history stands and, with a count above
 // 0, its messages from a start offset on; a room with no history gets a new
@@ -83,7 +87,44 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 `)
 
-var allScripts = []*redis.Script{publishScript, onceScript, historyScript, leaseScript, releaseScript}
+// The scripts of cluster mode publish with SPUBLISH: their channel hashes to
+// the room's slot, like their keys.
+var (
+	publishScriptSharded = shardedScript(publishSource)
+	onceScriptSharded    = shardedScript(onceSource)
+)
+
+var allScripts = []*redis.Script{publishScript, onceScript, historyScript, leaseScript, releaseScript,
+	publishScriptSharded, onceScriptSharded, fenceScript}
+
+func shardedScript(src string) *redis.Script {
+	return redis.NewScript(strings.Replace(src, "redis.call('PUBLISH'", "redis.call('SPUBLISH'", 1))
+}
+
+// once is a command go-redis must never send twice: a cluster client
+// follows MOVED and ASK redirects (the command did not run) but, for a
+// command marked NoRetry, resends none that may have run.
+type once struct{ *redis.Cmd }
+
+func (once) NoRetry() bool { return true }
+
+// evalSha queues script on pipe, marked once, and returns its command.
+func evalSha(pipe redis.Pipeliner, script *redis.Script, keys []string, args ...any) *redis.Cmd {
+	cmdArgs := make([]any, 0, 3+len(keys)+len(args))
+	cmdArgs = append(cmdArgs, "evalsha", script.Hash(), len(keys))
+	for _, k := range keys {
+		cmdArgs = append(cmdArgs, k)
+	}
+	cmdArgs = append(cmdArgs, args...)
+	return process(pipe, cmdArgs...)
+}
+
+// process queues a command on pipe, marked once, and returns it.
+func process(pipe redis.Pipeliner, args ...any) *redis.Cmd {
+	cmd := redis.NewCmd(context.Background(), args...)
+	pipe.Process(context.Background(), once{cmd})
+	return cmd
+}
 
 // op is one command waiting for a round trip.
 type op struct {
@@ -100,13 +141,15 @@ type op struct {
 // one script. Publications are pipelined with those of other callers; one
 // caller's publications keep their order.
 func (r *Redis) Publish(p Publication, done func(Receipt, error)) {
-	if err := r.publishable(); err != nil {
-		r.metrics.publishes.WithLabelValues("unavailable").Inc()
+	sh, err := r.publishable(p.Room)
+	if err != nil {
+		r.count(sh, "unavailable")
 		done(Receipt{}, unavailable(err))
 		return
 	}
 	o := &op{queued: time.Now()}
 	ttl := strconv.FormatInt(r.cfg.HistoryTTL.Milliseconds(), 10)
+	sharded := r.mode == cluster
 	switch {
 	case r.cfg.HistorySize > 0:
 		keys := []string{r.metaKey(p.Room), r.streamKey(p.Room), r.metaKey(p.Room)}
@@ -115,43 +158,58 @@ func (r *Redis) Publish(p Publication, done func(Receipt, error)) {
 			keys[2], hasKey = r.idemKey(p.Room, p.IdempotencyKey), "1"
 		}
 		args := []any{r.channel(p.Room), p.Data, r.cfg.HistorySize, ttl, newEpoch(), hasKey}
-		o.queue = func(pipe redis.Pipeliner) *redis.Cmd {
-			return publishScript.EvalSha(context.Background(), pipe, keys, args...)
+		script := publishScript
+		if sharded {
+			script = publishScriptSharded
 		}
+		o.queue = func(pipe redis.Pipeliner) *redis.Cmd { return evalSha(pipe, script, keys, args...) }
 	case p.IdempotencyKey != "":
 		keys := []string{r.idemKey(p.Room, p.IdempotencyKey)}
 		args := []any{r.channel(p.Room), r.payload(p.Data), ttl}
-		o.queue = func(pipe redis.Pipeliner) *redis.Cmd {
-			return onceScript.EvalSha(context.Background(), pipe, keys, args...)
+		script := onceScript
+		if sharded {
+			script = onceScriptSharded
 		}
+		o.queue = func(pipe redis.Pipeliner) *redis.Cmd { return evalSha(pipe, script, keys, args...) }
 	default:
 		ch, payload := r.channel(p.Room), r.payload(p.Data)
-		o.queue = func(pipe redis.Pipeliner) *redis.Cmd {
-			cmd := redis.NewCmd(context.Background(), "publish", ch, payload)
-			pipe.Process(context.Background(), cmd)
-			return cmd
+		name := "publish"
+		if sharded {
+			name = "spublish"
 		}
+		o.queue = func(pipe redis.Pipeliner) *redis.Cmd { return process(pipe, name, ch, payload) }
 	}
 	o.finish = func(cmd *redis.Cmd, err error) {
 		if err != nil {
-			r.metrics.publishes.WithLabelValues(outcomeLabel(err)).Inc()
+			r.count(sh, outcomeLabel(err))
 			done(Receipt{}, fmt.Errorf("pubsub: publish to %q: %w", p.Room, err))
 			return
 		}
 		rc, err := parseReceipt(cmd, r.cfg.HistorySize > 0, p.IdempotencyKey != "")
 		if err != nil {
-			r.metrics.publishes.WithLabelValues("unavailable").Inc()
+			r.count(sh, "unavailable")
 			done(Receipt{}, unavailable(fmt.Errorf("pubsub: publish to %q: %w", p.Room, err)))
 			return
 		}
-		r.metrics.publishes.WithLabelValues("ok").Inc()
+		r.count(sh, "ok")
+		if r.fencing && !rc.Duplicate {
+			r.noteSeen(p.Room, rc.Epoch, rc.Offset, p.Data)
+		}
 		done(rc, nil)
 	}
 	select {
 	case r.pubQ <- o:
 	default:
-		r.metrics.publishes.WithLabelValues("unavailable").Inc()
+		r.count(sh, "unavailable")
 		done(Receipt{}, unavailable(errors.New("pubsub: the node's publish queue is full")))
+	}
+}
+
+// count counts a publication's outcome, in all and for its shard.
+func (r *Redis) count(sh *shard, outcome string) {
+	r.metrics.publishes.WithLabelValues(outcome).Inc()
+	if sh != nil {
+		sh.m.publish(outcome)
 	}
 }
 
@@ -247,7 +305,7 @@ func (r *Redis) read(ctx context.Context, room string, after uint64, count int) 
 		strconv.FormatUint(after+1, 10) + "-0", count}
 	o := &op{queued: time.Now(),
 		queue: func(pipe redis.Pipeliner) *redis.Cmd {
-			return historyScript.EvalSha(context.Background(), pipe, keys, args...)
+			return evalSha(pipe, historyScript, keys, args...)
 		},
 		finish: func(cmd *redis.Cmd, err error) {
 			if err != nil {
@@ -270,6 +328,14 @@ func (r *Redis) read(ctx context.Context, room string, after uint64, count int) 
 		}
 		r.metrics.historyReads.Inc()
 		r.metrics.historyEntries.Add(float64(len(x.h.Messages)))
+		if r.fencing {
+			if n := len(x.h.Messages); n > 0 {
+				last := x.h.Messages[n-1]
+				r.noteSeen(room, last.Epoch, last.Offset, last.Data)
+			} else if x.h.Top > 0 && count == 0 {
+				r.noteSeen(room, x.h.Epoch, x.h.Top, nil)
+			}
+		}
 		return x.h, nil
 	case <-ctx.Done():
 		return History{}, fmt.Errorf("pubsub: history of %q: %w", room, ctx.Err())
@@ -380,7 +446,9 @@ func (r *Redis) exec(ctx context.Context, batch []*op, publishes bool) {
 			return
 		}
 		// NOSCRIPT: Redis ran none of them. Load the scripts, send them again.
-		if err := r.loadScripts(ctx); err != nil || attempt > 0 {
+		// (A cluster loads them on every primary it reaches; one it does
+		// not reach fails the ops sent to it a second time.)
+		if err := r.loadScripts(ctx); (err != nil && r.mode != cluster) || attempt > 0 {
 			for _, o := range retry {
 				o.finish(nil, unavailable(fmt.Errorf("scripts not loaded: %v", err)))
 			}
@@ -438,6 +506,15 @@ func classify(err, execErr error) error {
 }
 
 func (r *Redis) loadScripts(ctx context.Context) error {
+	if r.mode == cluster {
+		return r.cluster.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+			var errs []error
+			for _, s := range allScripts {
+				errs = append(errs, s.Load(ctx, c).Err())
+			}
+			return errors.Join(errs...)
+		})
+	}
 	for _, s := range allScripts {
 		if err := s.Load(ctx, r.client).Err(); err != nil {
 			return err

@@ -18,8 +18,13 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	redis.SetLogger(quiet{}) // go-redis logs every failed dial; the tests make many
 	goleak.VerifyTestMain(m)
 }
+
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
 
 type recorder struct {
 	mu      sync.Mutex
