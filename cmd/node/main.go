@@ -63,7 +63,21 @@ func run(ctx context.Context, environ []string, logOut io.Writer) error {
 	// The origin tells this process apart from every other, even one that
 	// was given the same HUB_NODE_ID by mistake.
 	origin := cfg.NodeID + "-" + randomHex(4)
-	broker, err := newBroker(cfg, origin, log, reg)
+	// The heartbeat describes the node; what it reads is made below.
+	var (
+		h       *hub.Hub
+		srv     *server.Server
+		started = time.Now().UTC().Truncate(time.Second)
+		address = advertisedAddr(cfg.Addr)
+	)
+	info := func() pubsub.NodeInfo {
+		n := pubsub.NodeInfo{ID: cfg.NodeID, Address: address, Version: version, Started: started}
+		if h != nil && srv != nil {
+			n.Connections, n.Rooms, n.Ready = h.Clients(), h.Rooms(), srv.Ready() == nil
+		}
+		return n
+	}
+	broker, err := newBroker(cfg, origin, info, log, reg)
 	if err != nil {
 		return err
 	}
@@ -75,11 +89,13 @@ func run(ctx context.Context, environ []string, logOut io.Writer) error {
 	if verifier != nil {
 		hcfg.Authenticator = verifier // a nil *auth.Verifier must not become a non-nil interface
 	}
-	h, err := hub.New(hcfg, broker)
+	hcfg.Presence, hcfg.PresenceLimit = broker, cfg.PresenceLimit
+	hb, err := hub.New(hcfg, broker)
 	if err != nil {
 		return err
 	}
-	srv := server.New(serverConfig(cfg, broker.Ready, log, reg), h)
+	s := server.New(serverConfig(cfg, broker.Ready, log, reg), hb)
+	h, srv = hb, s
 
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
@@ -156,10 +172,11 @@ func hubConfig(cfg config.Config, origin string, log *slog.Logger, reg prometheu
 	}
 }
 
-func newBroker(cfg config.Config, origin string, log *slog.Logger, reg prometheus.Registerer) (pubsub.Broker, error) {
+func newBroker(cfg config.Config, origin string, info func() pubsub.NodeInfo, log *slog.Logger, reg prometheus.Registerer) (pubsub.Broker, error) {
 	mode := cfg.RedisMode()
 	if mode == config.RedisNone {
-		return pubsub.NewMemory(pubsub.MemoryConfig{HistorySize: cfg.HistorySize, HistoryTTL: cfg.HistoryTTL}), nil
+		return pubsub.NewMemory(pubsub.MemoryConfig{HistorySize: cfg.HistorySize, HistoryTTL: cfg.HistoryTTL,
+			NodeInfo: info, Registerer: reg}), nil
 	}
 	redis.SetLogger(redisLogger{log.With("component", "go-redis")})
 	rc := pubsub.RedisConfig{
@@ -171,6 +188,8 @@ func newBroker(cfg config.Config, origin string, log *slog.Logger, reg prometheu
 		Timeout:       cfg.BrokerTimeout,
 		HistorySize:   cfg.HistorySize,
 		HistoryTTL:    cfg.HistoryTTL,
+		NodeTimeout:   cfg.NodeTimeout,
+		NodeInfo:      info,
 		Logger:        log,
 		Registerer:    reg,
 	}
@@ -191,6 +210,25 @@ func newBroker(cfg config.Config, origin string, log *slog.Logger, reg prometheu
 		return nil, fmt.Errorf("%s: %w", setting, err)
 	}
 	return b, nil
+}
+
+// version is the node's version, in its heartbeat (set with -ldflags
+// "-X main.version=...").
+var version = "1.1.0"
+
+// advertisedAddr is the address other nodes and operators see for a node
+// listening on addr: the hostname stands in for an empty or any-address host.
+func advertisedAddr(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		if name, err := os.Hostname(); err == nil {
+			host = name
+		}
+	}
+	return net.JoinHostPort(host, port)
 }
 
 func randomHex(n int) string {
@@ -290,6 +328,9 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, reg prometh
 		stopHub()
 		return wait(ctx, hubDone)
 	})
+	// The node's presence entries that are left (and its place in the
+	// cluster view) go, with their leaves, before Redis closes.
+	mgr.OnStop("leave-cluster", b.LeaveCluster)
 	mgr.OnStop("close-broker", func(ctx context.Context) error {
 		stopBroker()
 		err := wait(ctx, brokerDone)

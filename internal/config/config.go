@@ -43,6 +43,8 @@ type Config struct {
 	SendQueueBytes    int           `env:"HUB_SEND_QUEUE_BYTES" envDefault:"1048576"`
 	HistorySize       int           `env:"HUB_HISTORY_SIZE" envDefault:"100"`
 	HistoryTTL        time.Duration `env:"HUB_HISTORY_TTL" envDefault:"5m"`
+	PresenceLimit     int           `env:"HUB_PRESENCE_LIMIT" envDefault:"1000"`
+	NodeTimeout       time.Duration `env:"HUB_NODE_TIMEOUT" envDefault:"5s"`
 	BrokerTimeout     time.Duration `env:"HUB_BROKER_TIMEOUT" envDefault:"5s"`
 	DrainTimeout      time.Duration `env:"HUB_DRAIN_TIMEOUT" envDefault:"25s"`
 	DrainDelay        time.Duration `env:"HUB_DRAIN_DELAY" envDefault:"5s"`
@@ -213,6 +215,12 @@ func (c *Config) validate() error {
 	}
 	if c.HistorySize < 0 || c.HistorySize > 100000 {
 		bad("HUB_HISTORY_SIZE", "%d is outside 0 (off)..100000", c.HistorySize)
+	}
+	if c.PresenceLimit < 1 || c.PresenceLimit > 100000 {
+		bad("HUB_PRESENCE_LIMIT", "%d is outside 1..100000", c.PresenceLimit)
+	}
+	if c.NodeTimeout < 2*time.Second || c.NodeTimeout > 10*time.Minute {
+		bad("HUB_NODE_TIMEOUT", "must be between 2s and 10m, e.g. 5s")
 	}
 	if c.HistoryTTL < time.Second || c.HistoryTTL > 30*24*time.Hour {
 		bad("HUB_HISTORY_TTL", "must be between 1s and 720h, e.g. 5m")

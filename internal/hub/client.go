@@ -32,6 +32,7 @@ type Client struct {
 	conn *websocket.Conn
 	raw  net.Conn // under conn, when known: closing it cuts even a pending close
 	ip   string
+	seq  uint64 // the client's number on this node: its id is origin.seq
 
 	// ctx ends when the read loop does: a dispatch goroutine, or a request
 	// waiting for room, stops waiting. Made on first use (lifetime), guarded
@@ -92,7 +93,7 @@ type ConnInfo struct {
 // Serve owns it from here on.
 func (h *Hub) Serve(conn *Conn, info ConnInfo) {
 	conn.ws.SetReadLimit(h.cfg.MaxMessageBytes)
-	c := &Client{hub: h, conn: conn.ws, raw: conn.raw, ip: info.IP}
+	c := &Client{hub: h, conn: conn.ws, raw: conn.raw, ip: info.IP, seq: h.seq.Add(1)}
 	c.w.fl = h.flushers[h.nextFl.Add(1)%uint32(len(h.flushers))]
 	defer c.endLifetime()
 	if code := h.register(c); code != 0 {
@@ -366,7 +367,7 @@ func (c *Client) handle(line []byte, inDispatch bool) error {
 	case wire.TypePublish:
 		c.publish(req)
 	case wire.TypePresence:
-		c.replyError(wire.ErrorFor(req.ID, wire.CodeBadRequest, "presence is not served by this node"))
+		c.handlePresence(req, inDispatch)
 	}
 	return nil
 }
@@ -395,6 +396,7 @@ func (c *Client) subscribe(req wire.Request, inDispatch bool) error {
 		}
 		c.ack(req.ID, r.name, pos, nil)
 		r.mu.Unlock()
+		h.announce(m, req.Presence)
 		return nil
 	}
 	finish := func(mayBlock bool) error {
@@ -407,19 +409,20 @@ func (c *Client) subscribe(req wire.Request, inDispatch bool) error {
 		// The request outlives the frame it came in: keep a copy of its id.
 		req.ID = bytes.Clone(req.ID)
 		c.goDispatch(func() error {
-			c.subscribeFailed(m, req, finish(true))
+			c.subscribed(m, req, finish(true))
 			return nil
 		})
 		return nil
 	}
-	c.subscribeFailed(m, req, err)
+	c.subscribed(m, req, err)
 	return nil
 }
 
-// subscribeFailed undoes a membership whose subscribe could not finish, and
-// tells the client; a nil err does nothing.
-func (c *Client) subscribeFailed(m *member, req wire.Request, err error) {
+// subscribed ends a subscribe: with err nil it announces the new member's
+// presence; else it undoes the membership and tells the client.
+func (c *Client) subscribed(m *member, req wire.Request, err error) {
 	if err == nil {
+		c.hub.announce(m, req.Presence)
 		return
 	}
 	h := c.hub

@@ -119,6 +119,13 @@ type Config struct {
 	ClientBurst int
 	// MaxRoomsPerClient bounds the rooms one connection is in (default 128).
 	MaxRoomsPerClient int
+	// Presence is where the hub writes its members' presence entries and
+	// reads rooms' members; nil serves no presence (a presence request gets
+	// bad_request).
+	Presence Presence
+	// PresenceLimit is the most members one presence answer lists (default
+	// 1000); the count is always the total.
+	PresenceLimit int
 	// Logger receives the hub's logs (default: discarded).
 	Logger *slog.Logger
 	// Registerer receives the hub's metrics (default: not registered).
@@ -155,6 +162,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxRoomsPerClient <= 0 {
 		c.MaxRoomsPerClient = 128
+	}
+	if c.PresenceLimit <= 0 {
+		c.PresenceLimit = 1000
 	}
 	if c.BrokerTimeout <= 0 {
 		c.BrokerTimeout = 5 * time.Second
@@ -201,6 +211,9 @@ type Hub struct {
 
 	flushers []*flusher    // adaptive write batching, one per CPU
 	nextFl   atomic.Uint32 // spreads clients over the flushers
+
+	// seq numbers the clients, for their ids in the cluster.
+	seq atomic.Uint64
 
 	// behind counts the clients with more than SendQueue messages waiting.
 	behind atomic.Int64

@@ -17,6 +17,7 @@ type metrics struct {
 	overflows        prometheus.Counter
 	authFailures     prometheus.Counter
 	forbidden        prometheus.Counter
+	presenceEvents   prometheus.Counter
 	rateLimited      prometheus.Counter
 	refused          *prometheus.CounterVec
 	backpressure     prometheus.Counter
@@ -60,6 +61,9 @@ func newMetrics(reg prometheus.Registerer, behind func() float64) (*metrics, err
 		forbidden: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hub_forbidden_total", Help: "Subscribes and publishes the connection's token does not grant, and rooms left after a narrowed token refresh.",
 		}),
+		presenceEvents: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hub_presence_events_total", Help: "Joins and leaves that arrived for rooms with local members that asked for them.",
+		}),
 		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hub_rate_limited_total", Help: "Requests and pings rejected by the per-connection rate limit.",
 		}),
@@ -101,7 +105,7 @@ func newMetrics(reg prometheus.Registerer, behind func() float64) (*metrics, err
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.rooms, m.received, m.published, m.publishFailures,
-		m.delivered, m.overflows, m.authFailures, m.forbidden, m.rateLimited, m.refused, m.backpressure, m.overloadRefusals, m.behind, m.closes,
+		m.delivered, m.overflows, m.authFailures, m.forbidden, m.presenceEvents, m.rateLimited, m.refused, m.backpressure, m.overloadRefusals, m.behind, m.closes,
 		m.gaps, m.duplicates, m.fills, m.windowReads, m.recoveries, m.recovered} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

@@ -69,9 +69,10 @@ type room struct {
 	h    *Hub
 	name string
 
-	mu      sync.Mutex // guards everything below
-	members []*member
-	removed bool // the last member left: the room is out of the table
+	mu       sync.Mutex // guards everything below
+	members  []*member
+	removed  bool // the last member left: the room is out of the table
+	watchers int  // members with watch set
 
 	// History on. Until synced the room does not know where the history
 	// stands, and holds what arrives.
@@ -99,6 +100,9 @@ type member struct {
 	// Guarded by room.mu:
 	live  bool   // receives the room's messages
 	after uint64 // with history on: the member receives offsets above it only
+	// Presence: the member's entry is written (announced), it receives the
+	// room's joins and leaves (watch), it is out of the room for good (left).
+	announced, watch, left bool
 }
 
 type recentFrame struct {
@@ -185,6 +189,7 @@ func (h *Hub) removeMember(m *member) {
 		r.members = r.members[:last]
 	}
 	m.live = false
+	r.retractLocked(m)
 	empty := len(r.members) == 0
 	if empty {
 		r.removed = true

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // MemoryConfig holds the in-memory broker's settings.
@@ -16,6 +18,10 @@ type MemoryConfig struct {
 	// HistoryTTL is how long a room's history lives after its last publish
 	// (default 5m).
 	HistoryTTL time.Duration
+	// NodeInfo describes this node, for the cluster view (Nodes and the
+	// hub_cluster_nodes metric, registered on Registerer when set).
+	NodeInfo   func() NodeInfo
+	Registerer prometheus.Registerer
 }
 
 // Memory is the embedded broker of a single node: there is no other node, so
@@ -33,6 +39,9 @@ type Memory struct {
 	rooms  map[string]struct{} // this node's interest
 	hist   map[string]*ring
 	closed bool
+
+	pres memPresence
+	view *clusterView
 }
 
 // ring is one room's history and idempotency keys, guarded by Memory.mu.
@@ -65,7 +74,16 @@ func NewMemory(cfg MemoryConfig) *Memory {
 	if cfg.HistoryTTL <= 0 {
 		cfg.HistoryTTL = 5 * time.Minute
 	}
-	return &Memory{cfg: cfg, rooms: make(map[string]struct{}), hist: make(map[string]*ring)}
+	m := &Memory{cfg: cfg, rooms: make(map[string]struct{}), hist: make(map[string]*ring)}
+	m.pres.init()
+	// Registering fails only for a second broker on one registry; its view
+	// then goes unexported.
+	m.view, _ = newClusterView(cfg.NodeInfo, nil)
+	if cfg.Registerer != nil {
+		cfg.Registerer.Register(m.view)
+	}
+	m.view.set([]NodeInfo{m.view.info()})
+	return m
 }
 
 // newEpoch returns a fresh epoch name.
@@ -242,16 +260,26 @@ func (m *Memory) Ready() error {
 	return nil
 }
 
-// Run drops expired histories until ctx is done. The memory broker has
-// nothing to receive.
-func (m *Memory) Run(ctx context.Context, _ Sink) error {
-	t := time.NewTicker(max(m.cfg.HistoryTTL/2, time.Second))
+// Run drops expired histories, keeps the cluster view (this node) up to
+// date, and hands presence events and commands to sink when it is a
+// PresenceSink, until ctx is done.
+func (m *Memory) Run(ctx context.Context, sink Sink) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { m.runPresence(ctx, sink) })
+	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	expire := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+			m.view.set([]NodeInfo{m.view.info()})
+			if time.Since(expire) < max(m.cfg.HistoryTTL/2, time.Second) {
+				continue
+			}
+			expire = time.Now()
 			m.mu.Lock()
 			for room := range m.hist {
 				m.ringLocked(room, false)

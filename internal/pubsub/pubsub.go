@@ -103,6 +103,17 @@ type Broker interface {
 	StopSubscriptions(ctx context.Context) error
 	Ready() error
 	Close() error
+
+	// Presence, and LeaveCluster: remove this node's presence before Close.
+	Join(room string, m Member)
+	Leave(room string, m Member)
+	Watch(room string)
+	Unwatch(room string)
+	Members(ctx context.Context, room string, limit int) (int, []Member, error)
+	Rooms(ctx context.Context, after string, limit int) ([]RoomCount, error)
+	Nodes(ctx context.Context) ([]NodeInfo, error)
+	Command(ctx context.Context, c Command) error
+	LeaveCluster(ctx context.Context) error
 }
 
 var (

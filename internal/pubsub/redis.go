@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hubcluster/hubcluster/internal/logthrottle"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
@@ -67,6 +68,12 @@ type RedisConfig struct {
 	MaxBatch int
 	// NoBatching sends one publication per round trip, for comparison.
 	NoBatching bool
+	// NodeTimeout is how old a node's heartbeat may be before the node
+	// counts as dead and its presence entries are removed (default 5s).
+	NodeTimeout time.Duration
+	// NodeInfo describes this node for its heartbeat (connections, rooms,
+	// readiness...); nil sends the node id only.
+	NodeInfo   func() NodeInfo
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
@@ -150,6 +157,10 @@ type Redis struct {
 	rooms map[string]*roomSub
 	dirty map[string]struct{}
 
+	pres               redisPresence
+	view               *clusterView
+	heartbeatFailedLog *logthrottle.Throttle
+
 	fenceMu   sync.Mutex
 	fenceQ    []string // rooms to check, then Resync
 	fenceKick chan struct{}
@@ -212,6 +223,9 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	if cfg.HistoryTTL <= 0 {
 		cfg.HistoryTTL = 5 * time.Minute
 	}
+	if cfg.NodeTimeout <= 0 {
+		cfg.NodeTimeout = 5 * time.Second
+	}
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = 512
 	}
@@ -255,6 +269,12 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		return nil, err
 	}
 	r.metrics = m
+	if err := r.pres.init(cfg.Registerer); err != nil {
+		return nil, err
+	}
+	if r.view, err = newClusterView(cfg.NodeInfo, cfg.Registerer); err != nil {
+		return nil, err
+	}
 	r.fencing = r.mode != standalone && cfg.HistorySize > 0
 	switch r.mode {
 	case standalone:
@@ -277,6 +297,7 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		r.setClusterErr(errors.New("redis cluster: slot map not read yet"))
 	}
 	r.log = cfg.Logger.With("component", "pubsub", "broker", "redis")
+	r.heartbeatFailedLog = logthrottle.New(r.log, slog.LevelWarn, "presence: heartbeat not written", 10*time.Second)
 	if r.single != nil {
 		r.single.probeCh = cfg.Prefix + "!probe:" + cfg.Origin // '!' is never in a room name
 		r.single.setReady(errNotStarted)
@@ -399,6 +420,9 @@ func failoverOptions(cfg RedisConfig, sub bool) *redis.FailoverOptions {
 // reason names the shard whose subscription is not proven live.
 func (r *Redis) Ready() error {
 	if err := *r.dupErr.Load(); err != nil {
+		return err
+	}
+	if err := r.presenceReady(); err != nil {
 		return err
 	}
 	if r.single != nil {
@@ -541,6 +565,9 @@ func (r *Redis) WaitSubscribed(ctx context.Context, room string) error {
 func (r *Redis) Subscriptions() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if _, ok := r.rooms[controlRoom]; ok {
+		return len(r.rooms) - 1
+	}
 	return len(r.rooms)
 }
 
@@ -578,7 +605,10 @@ func (r *Redis) Close() error {
 // nil when ctx ends.
 func (r *Redis) Run(ctx context.Context, sink Sink) error {
 	var wg sync.WaitGroup
+	r.want(controlRoom, true) // operators' commands, from any node
 	wg.Go(func() { r.commandLoop(ctx, r.pubQ, true) })
+	wg.Go(func() { r.presenceLoop(ctx) })
+	wg.Go(func() { r.heartbeatLoop(ctx, sink) })
 	wg.Go(func() { r.commandLoop(ctx, r.readQ, false) })
 	if r.fencing {
 		wg.Go(func() { r.fenceLoop(ctx, sink) })

@@ -94,8 +94,8 @@ var (
 	onceScriptSharded    = shardedScript(onceSource)
 )
 
-var allScripts = []*redis.Script{publishScript, onceScript, historyScript, leaseScript, releaseScript,
-	publishScriptSharded, onceScriptSharded, fenceScript}
+var allScripts = append([]*redis.Script{publishScript, onceScript, historyScript, leaseScript, releaseScript,
+	publishScriptSharded, onceScriptSharded, fenceScript}, presenceScripts...)
 
 func shardedScript(src string) *redis.Script {
 	return redis.NewScript(strings.Replace(src, "redis.call('PUBLISH'", "redis.call('SPUBLISH'", 1))

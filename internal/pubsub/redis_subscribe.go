@@ -402,6 +402,10 @@ func (r *Redis) receive(ps *redis.PubSub, sh *shard, sink Sink, events chan<- ev
 				r.metrics.dropped.Inc()
 				continue
 			}
+			if len(m.Payload) > 0 && (m.Payload[0] == payloadPresence || m.Payload[0] == payloadCommand) {
+				r.deliverPresence(sink, room, m.Payload)
+				continue
+			}
 			msg, ok := parseMessage(room, m.Payload)
 			if !ok {
 				r.metrics.dropped.Inc()
@@ -440,6 +444,9 @@ func room(r *Redis, channel string) string {
 // resync reports a room whose subscription is back after a loss: at once,
 // or, when fencing, after its history was checked.
 func (r *Redis) resync(sink Sink, room string) {
+	if room == controlRoom {
+		return // commands have no history: nothing to fill
+	}
 	if !r.fencing {
 		sink.Resync([]string{room})
 		return
@@ -537,8 +544,8 @@ func (r *Redis) syncInterest(ctx context.Context, ps *redis.PubSub, sh *shard, w
 		}
 	}
 	clear(sh.dirty)
-	r.metrics.subscriptions.Set(float64(len(r.rooms)))
-	sh.m.subscriptions.Set(float64(sh.count))
+	r.metrics.subscriptions.Set(float64(len(r.rooms) - r.controlSubscribed()))
+	sh.m.subscriptions.Set(float64(r.shardRooms(sh)))
 	r.mu.Unlock()
 
 	if sh.sharded {
@@ -656,7 +663,7 @@ func (r *Redis) confirm(sh *shard, m *redis.Subscription) (resync bool) {
 		// Redis ended it: the slot moved, or this primary stepped down.
 		s.sent, s.pending = false, 0
 		sh.count--
-		sh.m.subscriptions.Set(float64(sh.count))
+		sh.m.subscriptions.Set(float64(r.shardRooms(sh)))
 		select {
 		case <-s.live:
 			s.lost = true

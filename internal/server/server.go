@@ -115,7 +115,7 @@ type Server struct {
 type refusalLogs struct {
 	maxConns, maxConnsPerIP, origin, handshake, publishOrigin *logthrottle.Throttle
 	httpConns, httpConnsPerIP, accept                         *logthrottle.Throttle
-	publishFailed                                             *logthrottle.Throttle
+	publishFailed, presenceFailed                             *logthrottle.Throttle
 }
 
 func newRefusalLogs(log *slog.Logger) refusalLogs {
@@ -131,8 +131,9 @@ func newRefusalLogs(log *slog.Logger) refusalLogs {
 			"connection refused: peer address at HUB_MAX_HTTP_CONNECTIONS_PER_IP", refusalLogInterval),
 		// Accept fails when the process is out of file descriptors ("too many
 		// open files"); http.Server retries, and says so only at debug.
-		accept:        logthrottle.New(log, slog.LevelWarn, "accept failed", refusalLogInterval),
-		publishFailed: logthrottle.New(log, slog.LevelWarn, "publish failed", refusalLogInterval),
+		accept:         logthrottle.New(log, slog.LevelWarn, "accept failed", refusalLogInterval),
+		publishFailed:  logthrottle.New(log, slog.LevelWarn, "publish failed", refusalLogInterval),
+		presenceFailed: logthrottle.New(log, slog.LevelWarn, "presence request failed", refusalLogInterval),
 	}
 }
 
@@ -178,6 +179,7 @@ func New(cfg Config, h Hub) *Server {
 	s.mux.HandleFunc("GET /ws", s.serveWS)
 	s.mux.HandleFunc("POST /v1/publish", s.servePublish)
 	s.mux.HandleFunc("GET /v1/history", s.serveHistory)
+	s.routePresence()
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -274,6 +276,9 @@ func (l *loggedListener) Accept() (net.Conn, error) {
 // SetDraining marks the node as draining: /readyz answers 503 and new
 // WebSocket upgrades are refused with 503.
 func (s *Server) SetDraining() { s.draining.Store(true) }
+
+// Ready reports why the node cannot take clients, or nil: what /readyz says.
+func (s *Server) Ready() error { return s.ready() }
 
 // ready reports why the node cannot take clients, or nil.
 func (s *Server) ready() error {

@@ -114,3 +114,61 @@ func AppendUnsubscribed(dst []byte, room, code, reason string) []byte {
 	dst = append(dst, msg...)
 	return append(dst, '}')
 }
+
+// Member is one connection's entry in a room's presence (v1.1).
+type Member struct {
+	Client, User, Node string
+}
+
+// appendString appends s as a JSON string.
+func appendString(dst []byte, s string) []byte {
+	b, _ := json.Marshal(s) // a string always marshals
+	return append(dst, b...)
+}
+
+func appendMember(dst []byte, m Member) []byte {
+	dst = append(dst, `"client":`...)
+	dst = appendString(dst, m.Client)
+	dst = append(dst, `,"user":`...)
+	dst = appendString(dst, m.User)
+	dst = append(dst, `,"node":`...)
+	return appendString(dst, m.Node)
+}
+
+// AppendPresence appends the reply to a presence request: room's member
+// count and at most the members listed (id may be empty).
+func AppendPresence(dst []byte, id []byte, room string, count int, members []Member) []byte {
+	dst = append(dst, `{"type":"presence",`...)
+	if len(id) > 0 {
+		dst = append(dst, `"id":`...)
+		dst = append(dst, id...)
+		dst = append(dst, ',')
+	}
+	dst = append(dst, `"room":"`...)
+	dst = append(dst, room...)
+	dst = append(dst, `","count":`...)
+	dst = strconv.AppendInt(dst, int64(count), 10)
+	dst = append(dst, `,"members":[`...)
+	for i, m := range members {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, '{')
+		dst = appendMember(dst, m)
+		dst = append(dst, '}')
+	}
+	return append(dst, "]}"...)
+}
+
+// AppendPresenceEvent appends a join (leave false) or leave object of room.
+func AppendPresenceEvent(dst []byte, leave bool, room string, m Member) []byte {
+	if leave {
+		dst = append(dst, `{"type":"leave","room":"`...)
+	} else {
+		dst = append(dst, `{"type":"join","room":"`...)
+	}
+	dst = append(dst, room...)
+	dst = append(dst, `",`...)
+	dst = appendMember(dst, m)
+	return append(dst, '}')
+}
