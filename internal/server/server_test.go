@@ -430,9 +430,13 @@ func TestProtocolDocListsEveryEndpoint(t *testing.T) {
 			documented = append(documented, path)
 		}
 	}
-	src, err := os.ReadFile("server.go")
-	if err != nil {
-		t.Fatal(err)
+	var src []byte
+	for _, name := range []string{"server.go", "presence.go"} {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		src = append(src, b...)
 	}
 	routed := regexp.MustCompile(`s\.mux\.Handle(?:Func)?\("([A-Z]+ /[^"]*)"`).FindAllStringSubmatch(string(src), -1)
 	var routes []string
