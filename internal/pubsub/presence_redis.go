@@ -163,8 +163,19 @@ for i, o in ipairs(live) do keys[i] = ARGV[2] .. o end
 return redis.call('SUNION', unpack(keys))
 `)
 
+// nodesScript returns the live nodes' infos. KEYS: nodes. ARGV: timeout
+// (ms), the info keys' prefix.
+var nodesScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
+local infos = {}
+for _, o in ipairs(live) do infos[#infos+1] = redis.call('GET', ARGV[2] .. o) or '' end
+return infos
+`)
+
 var presenceScripts = []*redis.Script{joinScript, leaveScript, purgeScript, readScript,
-	heartbeatScript, claimScript, roomsScript, joinScriptSharded, leaveScriptSharded, purgeScriptSharded}
+	heartbeatScript, claimScript, roomsScript, nodesScript, joinScriptSharded, leaveScriptSharded, purgeScriptSharded}
 
 // Sharded versions publish with SPUBLISH (cluster mode).
 var (
@@ -601,16 +612,8 @@ func (r *Redis) heartbeat(ctx context.Context, started time.Time, wg *sync.WaitG
 		r.announceAll()
 	}
 	r.pres.beaten.Store(true)
-	var nodes []NodeInfo
 	infos, _ := v[1].([]any)
-	for _, x := range infos {
-		s, _ := x.(string)
-		var n NodeInfo
-		if json.Unmarshal([]byte(s), &n) == nil && n.ID != "" {
-			nodes = append(nodes, n)
-		}
-	}
-	r.view.set(nodes)
+	r.view.set(parseInfos(infos))
 	dead, _ := v[2].([]any)
 	for _, x := range dead {
 		origin, _ := x.(string)
@@ -777,12 +780,30 @@ func (r *Redis) Rooms(ctx context.Context, after string, limit int) ([]RoomCount
 	return out, nil
 }
 
-// Nodes returns the live nodes as this node's last heartbeat saw them.
-func (r *Redis) Nodes(context.Context) ([]NodeInfo, error) {
-	if err := r.presenceReady(); err != nil {
-		return nil, unavailable(err)
+// Nodes returns the live nodes: those whose latest heartbeat is younger
+// than the node timeout.
+func (r *Redis) Nodes(ctx context.Context) ([]NodeInfo, error) {
+	timeout := strconv.FormatInt(r.cfg.NodeTimeout.Milliseconds(), 10)
+	v, err := nodesScript.Run(ctx, r.client, []string{r.nodesKey()}, timeout, r.nodesKey()+":i:").Slice()
+	if err != nil {
+		return nil, unavailable(fmt.Errorf("pubsub: nodes: %w", err))
 	}
+	nodes := parseInfos(v)
+	r.view.set(nodes)
 	return r.view.get(), nil
+}
+
+// parseInfos reads heartbeat infos; one that does not parse is left out.
+func parseInfos(infos []any) []NodeInfo {
+	var nodes []NodeInfo
+	for _, x := range infos {
+		s, _ := x.(string)
+		var n NodeInfo
+		if json.Unmarshal([]byte(s), &n) == nil && n.ID != "" {
+			nodes = append(nodes, n)
+		}
+	}
+	return nodes
 }
 
 // Command sends c to every node of the cluster, this one too.

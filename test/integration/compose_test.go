@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -133,6 +134,7 @@ func TestComposeRollingRestart(t *testing.T) {
 	_, port, _ := strings.Cut(lb, ":")
 	s := &stack{t: t, root: root, compose: compose, lbAddr: lb, env: []string{
 		"COMPOSE_PROJECT_NAME=" + strings.TrimSuffix(uniquePrefix(), ":") + "smoke",
+		"CONTAINER_PREFIX=" + strings.TrimSuffix(uniquePrefix(), ":") + "smoke-",
 		"NODE_IMAGE=" + image, "HUB_LB_BIND=127.0.0.1", "HUB_LB_PORT=" + port,
 		"HUB_DRAIN_DELAY=2s", "HUB_RECONNECT_WINDOW=2s",
 	}}
@@ -247,5 +249,35 @@ func TestComposeRollingRestart(t *testing.T) {
 	pubWG.Wait()
 	check("all three drained one after another")
 	t.Logf("publishes retried through the load balancer: %d", retries.Load())
+
+	// The cluster view: three live nodes; a SIGKILLed one leaves it within
+	// HUB_NODE_TIMEOUT (5s), and its members' presence entries with it.
+	nodes := func() []string {
+		resp, err := http.Get("http://" + lb + "/v1/nodes")
+		if err != nil {
+			return nil
+		}
+		defer resp.Body.Close()
+		var body struct {
+			Nodes []struct{ ID string } `json:"nodes"`
+		}
+		json.NewDecoder(resp.Body).Decode(&body)
+		var ids []string
+		for _, n := range body.Nodes {
+			ids = append(ids, n.ID)
+		}
+		return ids
+	}
+	if !hubtest.Poll(10*time.Second, func() bool { return len(nodes()) == 3 }) {
+		t.Fatalf("GET /v1/nodes: got %v, want node-a, node-b, node-c", nodes())
+	}
+	killed := time.Now()
+	if out, err := exec.Command("docker", "kill", s.container("node-b")).CombinedOutput(); err != nil {
+		t.Fatalf("docker kill node-b: %v\n%s", err, out)
+	}
+	if !hubtest.Poll(5*time.Second+2*time.Second, func() bool { return !slices.Contains(nodes(), "node-b") && len(nodes()) == 2 }) {
+		t.Fatalf("GET /v1/nodes after SIGKILL of node-b: got %v, want node-a and node-c within HUB_NODE_TIMEOUT", nodes())
+	}
+	t.Logf("GET /v1/nodes dropped the SIGKILLed node-b after %v", time.Since(killed).Round(100*time.Millisecond))
 	t.Logf("smoke test took %v", time.Since(start).Round(time.Second))
 }
