@@ -58,8 +58,12 @@ export interface Events {
   gap: { room: string };
   /** A resubscription that asked to recover: count messages came from the room's history; recovered false: a gap. */
   recovered: { room: string; count: number; recovered: boolean };
-  /** The node took the client out of room (a refreshed token no longer grants it). */
+  /** The node took the client out of room (a refreshed token no longer grants it, or an operator removed the user). */
   unsubscribed: { room: string; code: string; message: string };
+  /** A member entered a room this client watches (subscribed with presence). */
+  join: PresenceEvent;
+  /** A member left a room this client watches (subscribed with presence). */
+  leave: PresenceEvent;
   /** An error that answers no request: the node's, a failed token refresh, a failed connection attempt. */
   error: HubError;
 }
@@ -69,6 +73,40 @@ export interface Message<T = any> {
   /** The message's place in the room's history, from 1 (0 when the node keeps no history). */
   offset: number;
   data: T;
+}
+
+/** One connection in a room. */
+export interface Member {
+  /** The connection's id, made by its node, unique in the cluster; a reconnect gets a new one. */
+  client: string;
+  /** The token's sub ("" when the node runs without auth). */
+  user: string;
+  /** The id (HUB_NODE_ID) of the node the connection is on. */
+  node: string;
+}
+
+/** Who is in a room, cluster-wide: the answer of presence(). */
+export interface Presence {
+  room: string;
+  /** How many members the room has. */
+  count: number;
+  /** The members, at most the node's HUB_PRESENCE_LIMIT (so possibly fewer than count). */
+  members: Member[];
+}
+
+/** A member entering (join) or leaving (leave) a room. Keep a set keyed by client: join adds, leave deletes. */
+export interface PresenceEvent extends Member {
+  type: 'join' | 'leave';
+  room: string;
+}
+
+export interface SubscribeOptions {
+  /** Also receive the room's join and leave events (implied by onJoin and onLeave); asked again on every reconnect. */
+  presence?: boolean;
+  /** Called when a member enters the room (this client's own entry too, normally just after the ack). */
+  onJoin?: (event: PresenceEvent) => void;
+  /** Called when a member leaves the room (it unsubscribed, closed, was cut, or its node drained or died). */
+  onLeave?: (event: PresenceEvent) => void;
 }
 
 export interface Receipt {
@@ -91,7 +129,7 @@ export declare class HubError extends Error {
   readonly fromNode?: boolean;
   /** A publish's idempotency key: retry with it after timeout. */
   readonly key?: string;
-  /** code closed: the close code (1000 for close(), or 1007, 1008, 1009 from the node) and reason. */
+  /** code closed: the close code (1000 for close(); 1007, 1008, 1009 from the node; 4100-4999: an operator's disconnect) and reason. */
   readonly closeCode?: number;
   readonly closeReason?: string;
   constructor(code: string, message: string, extra?: object);
@@ -99,6 +137,8 @@ export declare class HubError extends Error {
 
 export declare class Subscription<T = any> {
   readonly room: string;
+  /** The subscription receives the room's join and leave events. */
+  readonly presence: boolean;
   /** The room's epoch and the offset delivered last. */
   readonly position: { epoch: string; offset: number };
   unsubscribe(): Promise<void>;
@@ -115,8 +155,13 @@ export declare class Client {
   off<E extends keyof Events>(event: E, fn: (detail: Events[E]) => void): void;
   /** Resolves once connected; rejects if the client stops first. */
   ready(): Promise<void>;
-  /** Joins room; onMessage gets every message from now on, in order, once, across reconnects. */
-  subscribe<T = any>(room: string, onMessage: (message: Message<T>) => void): Promise<Subscription<T>>;
+  /**
+   * Joins room; onMessage gets every message from now on, in order, once, across reconnects.
+   * With presence, the room's join and leave events too (to the handlers and as client events).
+   */
+  subscribe<T = any>(room: string, onMessage: (message: Message<T>) => void, options?: SubscribeOptions): Promise<Subscription<T>>;
+  /** Asks who is in room now, cluster-wide; the client need not be subscribed to it. */
+  presence(room: string): Promise<Presence>;
   /** Leaves room; its handler is not called again. */
   unsubscribe(room: string): Promise<void>;
   /** Publishes data to room; resolves once the node has stored it. */

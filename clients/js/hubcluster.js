@@ -4,7 +4,8 @@
 // A Client reconnects by itself: after a drain (close 1012) at the delay the
 // node hints, after a lost connection or an overloaded node (1006, 1013, ...)
 // with jittered exponential backoff, and never after a policy, encoding or
-// size close (1008, 1007, 1009), which it reports as "closed". On every
+// size close (1008, 1007, 1009) or an operator's disconnect (4100-4999,
+// POST /v1/disconnect), which it reports as "closed". On every
 // reconnect it subscribes to its rooms again with `since` set to the last
 // offset it delivered, so a handler sees every message of a room exactly once,
 // in order, across a deploy; when the node cannot recover a range the client
@@ -14,11 +15,17 @@
 // reconnect is delivered once. Publishes made while disconnected wait in a
 // bounded queue for a bounded time, and fail with code "not_connected" (not
 // sent, so not delivered) or "queue_full"; none is dropped silently.
+//
+// presence(room) asks who is in a room, cluster-wide. A subscription made
+// with {presence: true} also receives the room's join and leave events, and
+// asks for them again on every reconnect; the events of the time the client
+// was disconnected are lost, so ask presence() again once "connected".
 
 export const PROTOCOL_VERSION = '1.1';
 
-// Close codes after which the client stops: the node would refuse again.
-const FINAL = [1007, 1008, 1009];
+// final says whether a close ends the client: the node would refuse again
+// (1007, 1008, 1009), or an operator disconnected the user (4100-4999).
+const final = (code) => [1007, 1008, 1009].includes(code) || (code >= 4100 && code <= 4999);
 
 /** An error of a request: the node's error code, or the client's own. */
 export class HubError extends Error {
@@ -37,10 +44,13 @@ export function connect(url, options) {
 
 /** A subscription to one room; it lasts across reconnects until unsubscribe(). */
 export class Subscription {
-  constructor(client, room, handler) {
+  constructor(client, room, handler, o) {
     this.room = room;
+    // presence: the subscription receives the room's join and leave events.
+    this.presence = !!(o.presence || o.onJoin || o.onLeave);
     this._c = client;
     this._handler = handler;
+    this._events = { join: o.onJoin, leave: o.onLeave };
     this._epoch = '';
     this._offset = 0; // the last offset delivered (or the ack's place)
     this._recovering = false;
@@ -123,13 +133,24 @@ export class Client {
 
   /** ready() resolves once the client is connected; it rejects if the client stops first. */
   ready() {
-    if (this.state === 'connected') return Promise.resolve();
+    return this._connected().then(() => {});
+  }
+
+  // _connected resolves with the ready connection, once there is one; it
+  // rejects if the client stops first, or after ms when given.
+  _connected(ms) {
+    if (this.state === 'connected') return Promise.resolve(this._conn);
     if (this._err) return Promise.reject(this._err);
     return new Promise((resolve, reject) => {
+      let timer;
+      const done = (fn, v) => (clearTimeout(timer), offs.forEach((f) => f()), fn(v));
       const offs = [
-        this.on('connected', () => (offs.forEach((f) => f()), resolve())),
-        this.on('closed', ({ error }) => (offs.forEach((f) => f()), reject(error))),
+        this.on('connected', () => done(resolve, this._conn)),
+        this.on('closed', ({ error }) => done(reject, error)),
       ];
+      if (ms !== undefined) {
+        timer = setTimeout(() => done(reject, new HubError('not_connected', 'hubcluster: not connected in time')), ms);
+      }
     });
   }
 
@@ -252,7 +273,7 @@ export class Client {
     conn.pending.clear();
     for (const req of again) this._waitForConnection(req);
     this._queue = again.concat(this._queue);
-    if (FINAL.includes(code)) {
+    if (final(code)) {
       this._stop(new HubError('closed', `hubcluster: closed by the node: ${code} ${reason}`, { closeCode: code, closeReason: reason }), code, reason);
       return;
     }
@@ -351,15 +372,31 @@ export class Client {
         }
         return;
       case 'ack':
+      case 'presence':
       case 'error': {
         const req = conn.pending.get(obj.id);
         if (obj.id !== undefined && req) {
           conn.pending.delete(obj.id);
-          if (obj.type === 'ack') req.ack(obj);
+          if (obj.type !== 'error') req.ack(obj);
           else req.fail(new HubError(obj.code, obj.message, { fromNode: true }));
         } else if (obj.type === 'error') {
           this._emit('error', new HubError(obj.code, obj.message, { fromNode: true }));
         }
+        return;
+      }
+      case 'join':
+      case 'leave': {
+        if (!sub || !sub.presence) return;
+        const ev = { type: obj.type, room: obj.room, client: obj.client, user: obj.user || '', node: obj.node };
+        const fn = sub._events[obj.type];
+        if (fn) {
+          try {
+            fn(ev);
+          } catch (e) {
+            throwLater(e);
+          }
+        }
+        this._emit(obj.type, ev);
         return;
       }
       case 'gap':
@@ -373,17 +410,21 @@ export class Client {
   }
 
   /**
-   * subscribe(room, onMessage) joins room and calls onMessage({room, offset,
-   * data}) with every message published to it from now on, in order. It
-   * resolves with the Subscription once the node has acknowledged it; while
-   * disconnected it waits for the connection (queueTimeout at most).
+   * subscribe(room, onMessage, {presence, onJoin, onLeave}) joins room and
+   * calls onMessage({room, offset, data}) with every message published to it
+   * from now on, in order. It resolves with the Subscription once the node
+   * has acknowledged it; while disconnected it waits for the connection
+   * (queueTimeout at most). With presence (implied by onJoin or onLeave) the
+   * node also sends the room's join and leave events: onJoin and onLeave get
+   * {type, room, client, user, node}, and the client emits "join" and
+   * "leave".
    */
-  subscribe(room, onMessage) {
+  subscribe(room, onMessage, options = {}) {
     if (this._err) return Promise.reject(this._err);
     if (this._subs.has(room)) {
       return Promise.reject(new HubError('already_subscribed', `hubcluster: already subscribed to ${room}`));
     }
-    const sub = new Subscription(this, room, onMessage);
+    const sub = new Subscription(this, room, onMessage, options);
     this._subs.set(room, sub);
     return new Promise((resolve, reject) => {
       const expire = (ms, code, msg) => setTimeout(() => this._forget(sub, new HubError(code, msg)), ms);
@@ -403,6 +444,7 @@ export class Client {
 
   _subscribeFrame(sub) {
     const frame = { type: 'subscribe', room: sub.room };
+    if (sub.presence) frame.presence = true;
     if (sub._epoch) {
       frame.since = { offset: sub._offset, epoch: sub._epoch };
       sub._recovering = true;
@@ -456,6 +498,28 @@ export class Client {
         if (e.code !== 'not_subscribed' && e.code !== 'not_connected') throw e;
       },
     );
+  }
+
+  /**
+   * presence(room) asks who is in room now, cluster-wide, and resolves with
+   * {room, count, members: [{client, user, node}]} (members: at most the
+   * node's HUB_PRESENCE_LIMIT, count: all). The client need not be
+   * subscribed to room, only allowed to. While disconnected it waits for the
+   * connection (queueTimeout at most); asked on a connection that breaks, it
+   * is asked again on the next one. Errors: the node's (forbidden, bad_room,
+   * unavailable: retry), timeout, not_connected, closed.
+   */
+  async presence(room) {
+    const deadline = Date.now() + this._o.queueTimeout;
+    for (;;) {
+      const conn = await this._connected(Math.max(0, deadline - Date.now()));
+      try {
+        const r = await this._roundTrip(conn, { type: 'presence', room });
+        return { room: r.room, count: r.count, members: r.members || [] };
+      } catch (e) {
+        if (e.code !== 'not_connected' || this._err) throw e;
+      }
+    }
   }
 
   /**

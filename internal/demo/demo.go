@@ -1,5 +1,6 @@
 // Package demo serves the chat demo of HUB_DEMO=true: a page at / that chats
-// through the node with the JavaScript client, and the node's id at
+// through the node with the JavaScript client and lists who is in the room
+// (presence: user, or client id without auth, and node), and the node's id at
 // /demo/node, so that the page can show which node it is on. The page, its
 // script and the client are embedded in the binary: no build step, no CDN.
 package demo

@@ -2,15 +2,17 @@
 // playwright-core): two pages on two nodes of a Redis cluster chat; the node
 // of one page drains mid-conversation; the page reconnects to a node that
 // comes up, shows what it recovered, and both pages end with the same
-// complete list of messages in the same order. Screenshots of the pages go
-// to artifacts/browser/ (HUB_TEST_ARTIFACTS overrides artifacts/).
+// complete list of messages in the same order. Each page lists who is in
+// the room and on which node (presence), as the users move. Screenshots of
+// the pages go to artifacts/browser/ (HUB_TEST_ARTIFACTS overrides
+// artifacts/).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
-import { startNode, startRedis, freePort, artifacts } from './support/hub.js';
+import { startNode, startRedis, freePort, artifacts, token, secret } from './support/hub.js';
 
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 const present = existsSync(executablePath);
@@ -30,6 +32,8 @@ test('two pages on two nodes chat across a drain and end with the same messages'
     HUB_RECONNECT_WINDOW: '1s',
     HUB_REDIS_PROBE_INTERVAL: '200ms',
     HUB_REDIS_PROBE_TIMEOUT: '2s',
+    // Users: the page passes its token, whose sub presence shows.
+    HUB_JWT_SECRET: secret,
   });
   const [a, b] = await Promise.all([startNode({ env: env('a') }), startNode({ env: env('b') })]);
   // c comes up only after the drain: until then alice's page has nowhere to
@@ -60,7 +64,8 @@ test('two pages on two nodes chat across a drain and end with the same messages'
   const open = async (node, name, alternate) => {
     const page = await browser.newPage();
     page.on('pageerror', (e) => pageErrors.push(`${name}: ${e.message}`));
-    await page.goto(`${node.http}/?name=${name}&room=lobby&urls=${encodeURIComponent(alternate)}`);
+    const jwt = token(600, { sub: name });
+    await page.goto(`${node.http}/?name=${name}&room=lobby&urls=${encodeURIComponent(alternate)}&token=${jwt}`);
     return page;
   };
   const alice = await open(a, 'alice', `ws://127.0.0.1:${cPort}/ws`);
@@ -72,6 +77,19 @@ test('two pages on two nodes chat across a drain and end with the same messages'
     );
   await onNode(alice, 'a');
   await onNode(bob, 'b');
+  // Who is in #lobby, as each page lists it: "user on node", sorted.
+  const members = (page) => page.$$eval('#people li', (lis) => lis.map((li) => li.textContent));
+  const lists = (page, want) =>
+    page
+      .waitForFunction(
+        (want) => JSON.stringify([...document.querySelectorAll('#people li')].map((li) => li.textContent)) === want,
+        JSON.stringify(want),
+        { timeout: 15000 },
+      )
+      .catch(async (e) => {
+        throw new Error(`the member list shows ${JSON.stringify(await members(page))}, want ${JSON.stringify(want)}: ${e.message}`);
+      });
+  await Promise.all([lists(alice, ['alice on a', 'bob on b']), lists(bob, ['alice on a', 'bob on b'])]);
 
   const expected = [];
   const shown = (page) =>
@@ -99,6 +117,7 @@ test('two pages on two nodes chat across a drain and end with the same messages'
   // Drain alice's node mid-conversation.
   const drained = a.stop('SIGTERM');
   await alice.waitForSelector('#state[data-state="disconnected"]');
+  await lists(bob, ['bob on b']); // alice's entry on a went with the drain
   for (let i = 1; i <= 5; i++) await say(bob, 'bob', `while you were away ${i}`);
   await showsAll(bob);
   // Alice types while disconnected: the client keeps it and sends it on
@@ -110,6 +129,7 @@ test('two pages on two nodes chat across a drain and end with the same messages'
   const c = await startNode({ port: cPort, env: env('c') });
   t.after(() => c.stop());
   await onNode(alice, 'c');
+  await Promise.all([lists(alice, ['alice on c', 'bob on b']), lists(bob, ['alice on c', 'bob on b'])]);
   await alice.waitForFunction(() =>
     [...document.querySelectorAll('#notices li')].some((li) => li.textContent.endsWith('recovered 5 messages in #lobby')),
   );
@@ -132,6 +152,9 @@ test('two pages on two nodes chat across a drain and end with the same messages'
     expected.map((_, i) => i + 1),
   );
   assert.equal(await bob.textContent('#node'), 'b');
+  assert.deepEqual(await members(alice), ['alice on c', 'bob on b']);
+  assert.deepEqual(await members(bob), ['alice on c', 'bob on b']);
+  assert.equal(await alice.textContent('#people-count'), '(2)');
   assert.deepEqual(pageErrors, []);
 });
 

@@ -1,11 +1,12 @@
-// The chat demo: rooms, messages, which node each user is on, the
-// connection's state, and what a reconnect recovered. It uses the client the
-// node serves at /demo/hubcluster.js.
+// The chat demo: rooms, messages, who is in the room and on which node
+// (presence), the connection's state, and what a reconnect recovered. It
+// uses the client the node serves at /demo/hubcluster.js.
 //
 // Query parameters: name (your name), room (the first room, default lobby),
 // urls (comma-separated other nodes, ws://host:port/ws or host:port, tried
 // round robin when the connection is lost: for nodes without a load
-// balancer in front).
+// balancer in front), token (a JWT, for a node with HUB_JWT_SECRET: its sub
+// is the user presence shows; without one a member shows as its client id).
 import { connect } from '/demo/hubcluster.js';
 
 const $ = (id) => document.getElementById(id);
@@ -18,8 +19,12 @@ const urls = (params.get('urls') || '')
   .map((u) => (u.includes('://') ? u : `ws://${u}/ws`));
 $('name').value = params.get('name') || `guest-${Math.floor(1000 + Math.random() * 9000)}`;
 
-const client = connect(own, { urls, maxBackoff: 3000 });
-const rooms = new Map(); // name -> {msgs: [], people: Map(user -> node), unread, li}
+const token = params.get('token');
+const client = connect(own, { urls, maxBackoff: 3000, ...(token ? { token } : {}) });
+// name -> {msgs: [], members: Map(client id -> {client, user, node}), live
+// (subscribed), asked (the latest presence request), events (those heard
+// since it was sent), unread, li}
+const rooms = new Map();
 let current = null;
 let node = ''; // the node this page is connected to, once known
 let asked = 0; // the latest question to /demo/node
@@ -49,6 +54,9 @@ client.on('state', ({ state, code, reason, retryIn }) => {
   if (state === 'connected') {
     $('url').textContent = client.url;
     whoami();
+    // Events of the time the page was disconnected are lost, and this page
+    // is in the rooms again under a new client id: ask again.
+    for (const [room, r] of rooms) if (r.live) members(room);
   } else if (state === 'disconnected') {
     if (node) {
       $('node').textContent = `none (left ${node})`;
@@ -89,7 +97,7 @@ async function whoami() {
 
 function join(room) {
   if (rooms.has(room)) return show(room);
-  const r = { msgs: [], people: new Map(), unread: 0 };
+  const r = { msgs: [], members: new Map(), live: false, asked: 0, events: null, unread: 0 };
   r.li = el('li', { 'data-room': room }, el('span', { class: 'name' }, `#${room}`), el('span', { class: 'unread' }));
   const leave = el('button', { type: 'button', title: `leave #${room}` }, '×');
   leave.addEventListener('click', (e) => {
@@ -102,10 +110,56 @@ function join(room) {
   rooms.set(room, r);
   $('rooms').append(r.li);
   show(room);
-  client.subscribe(room, (m) => received(room, m)).catch((e) => {
-    notice(`cannot join #${room}: ${e.code}`, 'warn');
-    drop(room);
-  });
+  const onPresence = (e) => presence(room, e);
+  client
+    .subscribe(room, (m) => received(room, m), { presence: true, onJoin: onPresence, onLeave: onPresence })
+    .then(
+      () => {
+        if (rooms.get(room) !== r) return;
+        r.live = true;
+        members(room);
+      },
+      (e) => {
+        notice(`cannot join #${room}: ${e.code}`, 'warn');
+        drop(room);
+      },
+    );
+}
+
+// members takes a snapshot of who is in room, then applies the join and
+// leave events heard since it was asked: together they are the room's
+// members now, whichever came first.
+async function members(room) {
+  const r = rooms.get(room);
+  const ask = ++r.asked;
+  r.events = [];
+  let p;
+  try {
+    p = await client.presence(room);
+  } catch (e) {
+    if (ask === r.asked) r.events = null;
+    if (e.code !== 'closed') notice(`cannot tell who is in #${room}: ${e.code}`, 'warn');
+    return;
+  }
+  if (rooms.get(room) !== r || ask !== r.asked) return; // left, or asked again since
+  r.members = new Map(p.members.map((m) => [m.client, m]));
+  for (const e of r.events) apply(r, e);
+  r.events = null;
+  if (room === current) people();
+}
+
+function presence(room, e) {
+  const r = rooms.get(room);
+  if (!r) return;
+  if (r.events) r.events.push(e);
+  apply(r, e);
+  if (room === current) people();
+}
+
+// apply keeps the members a set keyed by client id: join adds, leave deletes.
+function apply(r, { type, client, user, node }) {
+  if (type === 'join') r.members.set(client, { client, user, node });
+  else r.members.delete(client);
 }
 
 function drop(room) {
@@ -143,10 +197,21 @@ function line(m) {
 
 function people() {
   const r = rooms.get(current);
-  const list = [...(r ? r.people : [])].map(([user, on]) =>
-    el('li', {}, user, ' ', el('span', { class: 'node' }, `on ${on}`)),
+  const list = [...(r ? r.members.values() : [])]
+    .map((m) => ({ ...m, name: m.user || m.client }))
+    .sort((x, y) => x.name.localeCompare(y.name) || x.node.localeCompare(y.node));
+  $('people').replaceChildren(
+    ...list.map((m) =>
+      el(
+        'li',
+        { 'data-client': m.client },
+        el('span', { class: 'user' }, m.name),
+        ' ',
+        el('span', { class: 'node' }, `on ${m.node}`),
+      ),
+    ),
   );
-  $('people').replaceChildren(...list);
+  $('people-count').textContent = r ? `(${r.members.size})` : '';
 }
 
 function scroll() {
@@ -160,14 +225,12 @@ function received(room, { offset, data }) {
   const d = data && typeof data === 'object' ? data : { text: JSON.stringify(data) };
   const m = { offset, user: String(d.user ?? '?'), text: String(d.text ?? ''), node: String(d.node ?? '?') };
   r.msgs.push(m);
-  r.people.set(m.user, m.node);
   if (room !== current) {
     r.unread++;
     r.li.querySelector('.unread').textContent = r.unread;
     return;
   }
   $('messages').append(line(m));
-  people();
   scroll();
 }
 

@@ -1,7 +1,17 @@
 // Compiled by npm run typecheck (tsc --noEmit): the declarations describe
 // how the README uses the client, in a browser and in Node with ws.
 import WebSocket from 'ws';
-import { connect, HubError, PROTOCOL_VERSION, type Message, type Receipt, type State } from '@hubcluster/client';
+import {
+  connect,
+  HubError,
+  PROTOCOL_VERSION,
+  type Member,
+  type Message,
+  type Presence,
+  type PresenceEvent,
+  type Receipt,
+  type State,
+} from '@hubcluster/client';
 
 const v: '1.1' = PROTOCOL_VERSION;
 const hub = connect('ws://127.0.0.1:8080/ws', {
@@ -19,6 +29,8 @@ hub.on('recovered', ({ room, count, recovered }) => console.log(room, count.toFi
 hub.on('gap', ({ room }) => room.toUpperCase());
 hub.on('closed', ({ error }) => error.closeCode);
 hub.on('error', (e: HubError) => e.code);
+hub.on('join', ({ type, room, client, user, node }) => console.log(type === 'join', room, client, user, node));
+hub.on('leave', (ev: PresenceEvent) => ev.client);
 const s: State = hub.state;
 
 interface Chat {
@@ -36,6 +48,15 @@ async function main(): Promise<void> {
   } catch (e) {
     if (e instanceof HubError && e.code === 'timeout') await hub.publish('lobby', 1, { key: e.key });
   }
+  const members = new Map<string, Member>();
+  const watched = await hub.subscribe('lobby:2', () => {}, {
+    presence: true,
+    onJoin: (m) => members.set(m.client, m),
+    onLeave: ({ client }) => members.delete(client),
+  });
+  const p: Presence = await hub.presence(watched.room);
+  console.log(watched.presence, p.count, p.members.map((m) => m.user || m.client), p.room);
+  await hub.subscribe('lobby:3', () => {}, { onLeave: (ev) => ev.node });
   await sub.unsubscribe();
   await hub.unsubscribe('lobby');
   hub.close();
