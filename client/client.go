@@ -6,12 +6,21 @@
 // A Client reconnects after a drain (close 1012) at the delay the node hints,
 // and after a lost connection or an overloaded node (1006, 1013, ...) with
 // jittered exponential backoff; it does not reconnect after a policy, size or
-// encoding close (1008, 1009, 1007), which it reports. On every reconnect it
-// subscribes to its rooms again with the offset it delivered last, so a
-// handler sees every message of a room exactly once, in order, across a
-// deploy; when the node cannot recover a range (it is past the history's
-// window, or the history was lost) the client reports a gap for the room and
-// goes on from the room's current place.
+// encoding close (1008, 1009, 1007), nor after an operator's disconnect
+// (4100 to 4999, POST /v1/disconnect), which it reports: Err returns the
+// *CloseError, OnState is called with Closed and the close's code and reason,
+// and Done is closed. On every reconnect it subscribes to its rooms again
+// with the offset it delivered last, so a handler sees every message of a
+// room exactly once, in order, across a deploy; when the node cannot recover
+// a range (it is past the history's window, or the history was lost) the
+// client reports a gap for the room and goes on from the room's current
+// place.
+//
+// Presence asks who is in a room, cluster-wide. A subscription made with
+// WithPresence also receives the room's join and leave events, and asks for
+// them again on every reconnect; events are not recovered, so those of the
+// time the client was disconnected are lost (call Presence to rebuild a
+// member list after OnState reports Connected again).
 //
 // Publish waits for the node's ack. Every publication carries an idempotency
 // key, so one the client sends again after a reconnect is delivered once.
@@ -23,7 +32,8 @@
 // All methods may be called concurrently. Handlers and callbacks run on the
 // client's read goroutine, one at a time, in the order the node sent the
 // messages: they must not block for long, and must not call the Client's
-// blocking methods (Subscribe, Unsubscribe, Publish).
+// blocking methods (Subscribe, SubscribeFrom, Unsubscribe, Publish,
+// Presence).
 package client
 
 import (
@@ -62,7 +72,7 @@ const (
 	Connecting State = iota
 	Connected
 	Disconnected
-	Closed // Close was called, or the node refused for good (1007, 1008, 1009)
+	Closed // Close was called, or the node refused for good (1007, 1008, 1009, 4100-4999)
 )
 
 func (s State) String() string {
@@ -142,7 +152,9 @@ var (
 	ErrSubscribed   = errors.New("hubcluster: already subscribed to this room")
 )
 
-// CloseError is how the node ended a connection for good.
+// CloseError is how the node ended a connection for good: a policy, size or
+// encoding close (1008, 1009, 1007), or an operator's disconnect (4100 to
+// 4999, with the operator's reason).
 type CloseError struct {
 	Code   int
 	Reason string
@@ -157,6 +169,9 @@ type Subscription struct {
 	c       *Client
 	room    string
 	handler func(Message)
+	// presence receives the room's join and leave events (nil: the
+	// subscription does not ask for them).
+	presence func(PresenceEvent)
 	// Guarded by Client.mu:
 	epoch      string
 	offset     uint64 // the last offset delivered
@@ -468,12 +483,15 @@ func (c *Client) disconnected(cn *conn) (code int, reason string) {
 	return -1, ""
 }
 
+// finalCode reports whether a close with code ends the client for good: a
+// policy, size or encoding close, or an operator's disconnect (4100 to 4999;
+// 4000 to 4099 are the node's own, such as a slow consumer, and are retried).
 func finalCode(code int) bool {
 	switch websocket.StatusCode(code) {
 	case websocket.StatusPolicyViolation, websocket.StatusMessageTooBig, websocket.StatusInvalidFramePayloadData:
 		return true
 	}
-	return false
+	return code >= 4100 && code <= 4999
 }
 
 // parseHint reads the reconnect delay of a drain (1012).

@@ -18,9 +18,85 @@ import (
 // in order, from now on; it returns once the node has acknowledged the
 // subscription. While the client is disconnected it waits for the
 // connection (bounded by ctx). The subscription lasts across reconnects
-// until Unsubscribe.
-func (c *Client) Subscribe(ctx context.Context, room string, handler func(Message)) (*Subscription, error) {
-	return c.SubscribeFrom(ctx, room, "", 0, handler)
+// until Unsubscribe. Options add to it (WithPresence).
+func (c *Client) Subscribe(ctx context.Context, room string, handler func(Message), opts ...SubscribeOption) (*Subscription, error) {
+	return c.SubscribeFrom(ctx, room, "", 0, handler, opts...)
+}
+
+// SubscribeOption is an optional setting of a subscription, for Subscribe
+// and SubscribeFrom.
+type SubscribeOption func(*Subscription)
+
+// WithPresence asks the node for the room's presence events: handler is
+// called with a join when a member enters the room (this client's own entry
+// too, normally just after the subscription's ack) and a leave when one
+// goes (it unsubscribed, closed, was cut, or its node drained or died), on
+// the client's read goroutine, in order with the room's messages. The
+// subscription asks for them again on every reconnect; events of the time
+// the client was disconnected are lost, and its own entry comes back with a
+// new Client id. Events are idempotent by Client: keep a set keyed by it
+// (join adds, leave deletes).
+func WithPresence(handler func(PresenceEvent)) SubscribeOption {
+	return func(s *Subscription) { s.presence = handler }
+}
+
+// Member is one connection in a room.
+type Member struct {
+	// Client is the connection's id, made by its node, unique in the
+	// cluster; a reconnect gets a new one.
+	Client string `json:"client"`
+	// User is the token's sub ("" when the node runs without auth).
+	User string `json:"user"`
+	// Node is the id of the node the connection is on.
+	Node string `json:"node"`
+}
+
+// Presence is who is in a room.
+type Presence struct {
+	Room string
+	// Count is the number of members in the cluster.
+	Count int
+	// Members lists them, at most the node's HUB_PRESENCE_LIMIT (so
+	// possibly fewer than Count).
+	Members []Member
+}
+
+// PresenceEvent is a member entering (Type "join") or leaving ("leave") a
+// room; see WithPresence.
+type PresenceEvent struct {
+	Type               string // "join" or "leave"
+	Room               string
+	Client, User, Node string // the member, as in Member
+}
+
+// Presence asks the node who is in room now, across the cluster. The client
+// need not be subscribed to room, only allowed to subscribe to it. While the
+// client is disconnected it waits for the connection (bounded by ctx), and a
+// request whose connection breaks is asked again on the next one. An *Error
+// is the node's refusal (forbidden, bad_room, or unavailable: retry).
+func (c *Client) Presence(ctx context.Context, room string) (Presence, error) {
+	for {
+		cn, err := c.connected(ctx)
+		if err != nil {
+			return Presence{}, err
+		}
+		obj, err := c.roundTrip(ctx, cn, &request{frame: map[string]any{"type": "presence", "room": room}})
+		if errors.Is(err, ErrNotConnected) {
+			continue // the connection went before the answer: ask the next one
+		}
+		if err != nil {
+			return Presence{}, err
+		}
+		p := Presence{Room: room}
+		json.Unmarshal(obj["room"], &p.Room)
+		json.Unmarshal(obj["count"], &p.Count)
+		if raw := obj["members"]; raw != nil {
+			if err := json.Unmarshal(raw, &p.Members); err != nil {
+				return Presence{}, fmt.Errorf("hubcluster: presence %q: %w", room, err)
+			}
+		}
+		return p, nil
+	}
 }
 
 // SubscribeFrom is Subscribe from a place in the room's history that the
@@ -29,8 +105,11 @@ func (c *Client) Subscribe(ctx context.Context, room string, handler func(Messag
 // live ones, and OnRecovered says whether it could; when it could not (the
 // history moved on), OnGap is called and the subscription goes on from the
 // room's current place. An empty epoch subscribes from now, as Subscribe.
-func (c *Client) SubscribeFrom(ctx context.Context, room, epoch string, offset uint64, handler func(Message)) (*Subscription, error) {
+func (c *Client) SubscribeFrom(ctx context.Context, room, epoch string, offset uint64, handler func(Message), opts ...SubscribeOption) (*Subscription, error) {
 	s := &Subscription{c: c, room: room, handler: handler, epoch: epoch, offset: offset}
+	for _, o := range opts {
+		o(s)
+	}
 	c.mu.Lock()
 	if c.subs[room] != nil {
 		c.mu.Unlock()
@@ -65,11 +144,14 @@ func (c *Client) forget(s *Subscription) {
 }
 
 // subscribeRequest is the subscribe for s, with since when s has a place in
-// the room's history already.
+// the room's history already, and presence when s asks for its events.
 func (c *Client) subscribeRequest(s *Subscription) *request {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	f := map[string]any{"type": "subscribe", "room": s.room}
+	if s.presence != nil {
+		f["presence"] = true
+	}
 	if s.epoch != "" {
 		f["since"] = map[string]any{"offset": s.offset, "epoch": s.epoch}
 		s.recovering, s.recovered = true, 0
@@ -77,7 +159,7 @@ func (c *Client) subscribeRequest(s *Subscription) *request {
 	return &request{frame: f, sub: s}
 }
 
-// Unsubscribe leaves the room; the handler is not called again.
+// Unsubscribe leaves the room; its handlers are not called again.
 func (s *Subscription) Unsubscribe(ctx context.Context) error {
 	c := s.c
 	c.forget(s)
@@ -358,6 +440,19 @@ func (c *Client) handle(cn *conn, line []byte) {
 			c.answer(cn, id, reply{err: e})
 		} else if c.opts.OnError != nil {
 			c.opts.OnError(e)
+		}
+	case "presence":
+		c.answer(cn, id, reply{obj: obj})
+	case "join", "leave":
+		c.mu.Lock()
+		s := c.subs[room]
+		c.mu.Unlock()
+		if s != nil && s.presence != nil {
+			ev := PresenceEvent{Type: typ, Room: room}
+			json.Unmarshal(obj["client"], &ev.Client)
+			json.Unmarshal(obj["user"], &ev.User)
+			json.Unmarshal(obj["node"], &ev.Node)
+			s.presence(ev)
 		}
 	case "gap":
 		if c.opts.OnGap != nil {
