@@ -522,7 +522,8 @@ func (h *Hub) deliverOwn(p pubsub.Publication, rc pubsub.Receipt) {
 // Resync takes rooms whose subscription was lost and is back: with history
 // on the node reads what it missed back from the history and delivers it in
 // order, telling its members gap only for what the history lost; with
-// history off it tells them gap.
+// history off it tells them gap. Members that watch the room's presence get
+// a snapshot of it, since joins and leaves may have been missed.
 func (h *Hub) Resync(rooms []string) {
 	for _, name := range rooms {
 		r := h.rooms.get(name)
@@ -538,6 +539,7 @@ func (h *Hub) Resync(rooms []string) {
 		} else {
 			r.gapLocked()
 		}
+		r.resyncPresenceLocked()
 		r.mu.Unlock()
 	}
 }

@@ -8,28 +8,29 @@ import (
 )
 
 type metrics struct {
-	connections      prometheus.Gauge
-	rooms            prometheus.Gauge
-	received         prometheus.Counter
-	published        prometheus.Counter
-	publishFailures  *prometheus.CounterVec
-	delivered        prometheus.Counter
-	overflows        prometheus.Counter
-	authFailures     prometheus.Counter
-	forbidden        prometheus.Counter
-	presenceEvents   prometheus.Counter
-	rateLimited      prometheus.Counter
-	refused          *prometheus.CounterVec
-	backpressure     prometheus.Counter
-	overloadRefusals *prometheus.CounterVec
-	behind           prometheus.GaugeFunc
-	closes           *prometheus.CounterVec
-	gaps             prometheus.Counter
-	duplicates       prometheus.Counter
-	fills            prometheus.Counter
-	windowReads      prometheus.Counter
-	recoveries       *prometheus.CounterVec
-	recovered        prometheus.Counter
+	connections       prometheus.Gauge
+	rooms             prometheus.Gauge
+	received          prometheus.Counter
+	published         prometheus.Counter
+	publishFailures   *prometheus.CounterVec
+	delivered         prometheus.Counter
+	overflows         prometheus.Counter
+	authFailures      prometheus.Counter
+	forbidden         prometheus.Counter
+	presenceEvents    prometheus.Counter
+	presenceSnapshots prometheus.Counter
+	rateLimited       prometheus.Counter
+	refused           *prometheus.CounterVec
+	backpressure      prometheus.Counter
+	overloadRefusals  *prometheus.CounterVec
+	behind            prometheus.GaugeFunc
+	closes            *prometheus.CounterVec
+	gaps              prometheus.Counter
+	duplicates        prometheus.Counter
+	fills             prometheus.Counter
+	windowReads       prometheus.Counter
+	recoveries        *prometheus.CounterVec
+	recovered         prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, behind func() float64) (*metrics, error) {
@@ -63,6 +64,9 @@ func newMetrics(reg prometheus.Registerer, behind func() float64) (*metrics, err
 		}),
 		presenceEvents: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hub_presence_events_total", Help: "Joins and leaves that arrived for rooms with local members that asked for them.",
+		}),
+		presenceSnapshots: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hub_presence_snapshots_total", Help: "Presence snapshots sent to a room's watchers after its subscription was lost and came back.",
 		}),
 		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hub_rate_limited_total", Help: "Requests and pings rejected by the per-connection rate limit.",
@@ -105,7 +109,7 @@ func newMetrics(reg prometheus.Registerer, behind func() float64) (*metrics, err
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.rooms, m.received, m.published, m.publishFailures,
-		m.delivered, m.overflows, m.authFailures, m.forbidden, m.presenceEvents, m.rateLimited, m.refused, m.backpressure, m.overloadRefusals, m.behind, m.closes,
+		m.delivered, m.overflows, m.authFailures, m.forbidden, m.presenceEvents, m.presenceSnapshots, m.rateLimited, m.refused, m.backpressure, m.overloadRefusals, m.behind, m.closes,
 		m.gaps, m.duplicates, m.fills, m.windowReads, m.recoveries, m.recovered} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

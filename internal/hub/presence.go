@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/coder/websocket"
 	"github.com/hubcluster/hubcluster/internal/pubsub"
@@ -119,12 +120,69 @@ func (h *Hub) Presence(e pubsub.PresenceEvent) {
 		}
 		frame = wire.AppendPresenceEvent(frame, e.Leave, e.Room, wire.Member(m))
 	}
+	h.metrics.presenceEvents.Add(float64(len(e.Members)))
+	if r.presFetching {
+		r.presHeld = append(r.presHeld, frame) // after the snapshot being read
+		return
+	}
+	r.sendWatchersLocked(frame)
+}
+
+// sendWatchersLocked queues frame for every member that watches the room;
+// r.mu must be held.
+func (r *room) sendWatchersLocked(frame []byte) {
 	for _, m := range r.members {
 		if m.watch {
 			m.c.send(frame)
 		}
 	}
-	h.metrics.presenceEvents.Add(float64(len(e.Members)))
+}
+
+// resyncPresenceLocked starts reading a snapshot of the room's presence for
+// its watchers, whose joins and leaves may have been lost with the room's
+// subscription; r.mu must be held. The watchers get it as a presence object
+// without an id, then the events that arrived meanwhile.
+func (r *room) resyncPresenceLocked() {
+	if r.h.cfg.Presence == nil || r.watchers == 0 || r.presFetching {
+		return
+	}
+	r.presFetching = true
+	r.h.work.Go(r.fetchPresence)
+}
+
+func (r *room) fetchPresence() {
+	h := r.h
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		ctx, cancel := context.WithTimeout(h.ctx, h.cfg.BrokerTimeout)
+		count, members, err := h.cfg.Presence.Members(ctx, r.name, h.cfg.PresenceLimit)
+		cancel()
+		r.mu.Lock()
+		if r.removed || r.watchers == 0 || h.ctx.Err() != nil {
+			r.presFetching, r.presHeld = false, nil
+			r.mu.Unlock()
+			return
+		}
+		if err == nil {
+			ms := make([]wire.Member, len(members))
+			for i, m := range members {
+				ms[i] = wire.Member(m)
+			}
+			r.sendWatchersLocked(wire.AppendPresence(nil, nil, r.name, count, ms))
+			for _, frame := range r.presHeld {
+				r.sendWatchersLocked(frame)
+			}
+			r.presFetching, r.presHeld = false, nil
+			r.mu.Unlock()
+			h.metrics.presenceSnapshots.Inc()
+			return
+		}
+		r.mu.Unlock()
+		h.subscribeFailedLog.Log("room", r.name, "err", err, "what", "presence snapshot")
+		select {
+		case <-h.ctx.Done():
+		case <-time.After(wait):
+		}
+	}
 }
 
 // Command carries out an operator's command on this node's clients.

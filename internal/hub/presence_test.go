@@ -144,3 +144,33 @@ func TestOperatorCommandsActOnAUsersConnections(t *testing.T) {
 		}
 	})
 }
+
+// After the room's subscription was lost and came back, its watchers get a
+// snapshot (a presence object with no id), since events may have been lost;
+// plain members get none.
+func TestPresenceSnapshotAfterResync(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n, stop := presenceNode(t, Config{})
+		defer stop()
+		watcher, plain := n.dial(), n.dial()
+		var wp, pp []map[string]any
+		watcher.sendRaw(`{"type":"subscribe","room":"r","id":1,"presence":true}`)
+		checkObject(t, watcher.next(&wp), map[string]any{"type": "ack", "id": 1})
+		checkObject(t, watcher.next(&wp), map[string]any{"type": "join"})
+		plain.join("r")
+		checkObject(t, watcher.next(&wp), map[string]any{"type": "join"})
+		n.hub.Resync([]string{"r"})
+		// History is off here: the lost messages are told with a gap first.
+		checkObject(t, watcher.next(&wp), map[string]any{"type": "gap", "room": "r"})
+		checkObject(t, plain.next(&pp), map[string]any{"type": "gap", "room": "r"})
+		snap := watcher.next(&wp)
+		checkObject(t, snap, map[string]any{"type": "presence", "room": "r", "count": 2})
+		if _, ok := snap["id"]; ok {
+			t.Fatalf("snapshot: got id %v, want none (it answers no request)", snap["id"])
+		}
+		if _, err := n.hub.Publish(context.Background(), "r", []byte(`"m"`), ""); err != nil {
+			t.Fatal(err)
+		}
+		checkObject(t, plain.next(&pp), map[string]any{"type": "message", "data": "m"})
+	})
+}

@@ -73,6 +73,10 @@ type room struct {
 	members  []*member
 	removed  bool // the last member left: the room is out of the table
 	watchers int  // members with watch set
+	// A presence snapshot for the watchers is being read (after the
+	// subscription was lost): events that arrive meanwhile wait in presHeld.
+	presFetching bool
+	presHeld     [][]byte
 
 	// History on. Until synced the room does not know where the history
 	// stands, and holds what arrives.

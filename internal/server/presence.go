@@ -116,13 +116,15 @@ func (s *Server) serveRooms(w http.ResponseWriter, r *http.Request, h presenceHu
 			return
 		}
 	}
-	rooms, err := h.RoomsPage(r.Context(), cursor, limit)
+	// One more than the page tells whether another page follows.
+	rooms, err := h.RoomsPage(r.Context(), cursor, limit+1)
 	if err != nil {
 		s.unavailable(w, "the rooms", err)
 		return
 	}
 	next := ""
-	if len(rooms) == limit {
+	if len(rooms) > limit {
+		rooms = rooms[:limit]
 		next = rooms[len(rooms)-1].Room
 	}
 	if rooms == nil {

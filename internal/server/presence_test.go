@@ -24,6 +24,7 @@ func TestOperatorEndpoints(t *testing.T) {
 	go func() { broker.Run(ctx, h); close(done) }()
 	defer func() { cancel(); <-done }()
 	broker.Join("r1", pubsub.Member{Client: "c1", User: "u", Node: "n1"})
+	broker.Join("r2", pubsub.Member{Client: "c2", User: "v", Node: "n1"})
 	ts := httptest.NewServer(New(Config{APIKey: "k", MaxMessageBytes: 65536, Gatherer: prometheus.NewRegistry()}, h))
 	defer ts.Close()
 
@@ -57,9 +58,10 @@ func TestOperatorEndpoints(t *testing.T) {
 		{"GET", "/v1/presence?room=r1", "", true, 200, func(m map[string]any) bool { return m["count"] == 1.0 && len(m["members"].([]any)) == 1 }},
 		{"GET", "/v1/presence?room=bad%20room", "", true, 400, func(m map[string]any) bool { return m["code"] == "bad_room" }},
 		{"GET", "/v1/nodes", "", true, 200, func(m map[string]any) bool { return len(m["nodes"].([]any)) == 1 }},
-		{"GET", "/v1/rooms", "", true, 200, func(m map[string]any) bool { return len(m["rooms"].([]any)) == 1 && m["next"] == "" }},
-		{"GET", "/v1/rooms?limit=1", "", true, 200, func(m map[string]any) bool { return m["next"] == "r1" }},
-		{"GET", "/v1/rooms?cursor=r1", "", true, 200, func(m map[string]any) bool { return len(m["rooms"].([]any)) == 0 }},
+		{"GET", "/v1/rooms", "", true, 200, func(m map[string]any) bool { return len(m["rooms"].([]any)) == 2 && m["next"] == "" }},
+		{"GET", "/v1/rooms?limit=1", "", true, 200, func(m map[string]any) bool { return len(m["rooms"].([]any)) == 1 && m["next"] == "r1" }},
+		{"GET", "/v1/rooms?cursor=r1&limit=1", "", true, 200, func(m map[string]any) bool { return len(m["rooms"].([]any)) == 1 && m["next"] == "" }},
+		{"GET", "/v1/rooms?cursor=r2", "", true, 200, func(m map[string]any) bool { return len(m["rooms"].([]any)) == 0 && m["next"] == "" }},
 		{"GET", "/v1/rooms?limit=0", "", true, 400, nil},
 		{"GET", "/v1/rooms?limit=1001", "", true, 400, nil},
 		{"POST", "/v1/disconnect", `{"user":"u","code":4100,"reason":"bye"}`, true, 202, nil},
