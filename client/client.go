@@ -20,7 +20,10 @@
 // WithPresence also receives the room's join and leave events, and asks for
 // them again on every reconnect; events are not recovered, so those of the
 // time the client was disconnected are lost (call Presence to rebuild a
-// member list after OnState reports Connected again).
+// member list after OnState reports Connected again). When the node itself
+// may have missed some (it lost and regained its broker's subscription to
+// the room), it sends the subscription a snapshot of the room's members,
+// which replaces the member set (see WithPresence).
 //
 // Publish waits for the node's ack. Every publication carries an idempotency
 // key, so one the client sends again after a reconnect is delivered once.

@@ -589,14 +589,20 @@ func (l *presenceLog) waitFor(t *testing.T, what string, match func(client.Prese
 }
 
 // members replays the events as a set keyed by client id (join adds, leave
-// deletes), as an application would keep it.
+// deletes, a snapshot replaces it), as an application would keep it.
 func (l *presenceLog) members() map[string]client.Member {
 	set := make(map[string]client.Member)
 	for _, ev := range l.events() {
-		if ev.Type == "join" {
+		switch ev.Type {
+		case "join":
 			set[ev.Client] = client.Member{Client: ev.Client, User: ev.User, Node: ev.Node}
-		} else {
+		case "leave":
 			delete(set, ev.Client)
+		case "presence":
+			clear(set)
+			for _, m := range ev.Members {
+				set[m.Client] = m
+			}
 		}
 	}
 	return set

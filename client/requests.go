@@ -36,6 +36,13 @@ type SubscribeOption func(*Subscription)
 // the client was disconnected are lost, and its own entry comes back with a
 // new Client id. Events are idempotent by Client: keep a set keyed by it
 // (join adds, leave deletes).
+//
+// handler also receives snapshots (Type "presence", with Count and
+// Members): when a node loses and regains its broker's subscription to the
+// room, join and leave events may have been missed, so it sends the room's
+// members (at most its HUB_PRESENCE_LIMIT; Count is the total). A snapshot
+// replaces the member set kept so far; the join and leave events after it
+// apply to it as usual.
 func WithPresence(handler func(PresenceEvent)) SubscribeOption {
 	return func(s *Subscription) { s.presence = handler }
 }
@@ -62,11 +69,19 @@ type Presence struct {
 }
 
 // PresenceEvent is a member entering (Type "join") or leaving ("leave") a
-// room; see WithPresence.
+// room, or the node's snapshot of the room's members (Type "presence"),
+// which replaces the member set; see WithPresence.
 type PresenceEvent struct {
-	Type               string // "join" or "leave"
-	Room               string
-	Client, User, Node string // the member, as in Member
+	Type string // "join", "leave" or "presence"
+	Room string
+	// Client, User and Node are the member of a join or leave, as in
+	// Member (empty for a snapshot).
+	Client, User, Node string
+	// Count and Members are a snapshot's, as in Presence: the number of
+	// members in the cluster, and at most HUB_PRESENCE_LIMIT of them (zero
+	// and nil for a join or leave).
+	Count   int
+	Members []Member
 }
 
 // Presence asks the node who is in room now, across the cluster. The client
@@ -442,7 +457,27 @@ func (c *Client) handle(cn *conn, line []byte) {
 			c.opts.OnError(e)
 		}
 	case "presence":
-		c.answer(cn, id, reply{obj: obj})
+		// A reply is matched by its id only: a presence object with no id,
+		// or one no request waits for, is the node's snapshot of the room
+		// (sent after it regained its broker's subscription to it).
+		c.mu.Lock()
+		_, waiting := cn.pending[id]
+		s := c.subs[room]
+		c.mu.Unlock()
+		if id != "" && waiting {
+			c.answer(cn, id, reply{obj: obj})
+			return
+		}
+		if s == nil || s.presence == nil {
+			return
+		}
+		ev := PresenceEvent{Type: typ, Room: room, Members: []Member{}}
+		if raw := obj["members"]; raw != nil && json.Unmarshal(raw, &ev.Members) != nil {
+			return // not a snapshot this client understands
+		}
+		ev.Count = len(ev.Members)
+		json.Unmarshal(obj["count"], &ev.Count)
+		s.presence(ev)
 	case "join", "leave":
 		c.mu.Lock()
 		s := c.subs[room]

@@ -64,6 +64,13 @@ export interface Events {
   join: PresenceEvent;
   /** A member left a room this client watches (subscribed with presence). */
   leave: PresenceEvent;
+  /**
+   * The node's snapshot of who is in a room this client watches, sent when it
+   * may have missed join and leave events (it lost and regained its broker's
+   * subscription to the room): replace the room's member set with it, then
+   * go on applying join and leave.
+   */
+  presence: Presence;
   /** An error that answers no request: the node's, a failed token refresh, a failed connection attempt. */
   error: HubError;
 }
@@ -85,7 +92,7 @@ export interface Member {
   node: string;
 }
 
-/** Who is in a room, cluster-wide: the answer of presence(). */
+/** Who is in a room, cluster-wide: the answer of presence(), and the snapshot of onPresence and the "presence" event. */
 export interface Presence {
   room: string;
   /** How many members the room has. */
@@ -101,12 +108,19 @@ export interface PresenceEvent extends Member {
 }
 
 export interface SubscribeOptions {
-  /** Also receive the room's join and leave events (implied by onJoin and onLeave); asked again on every reconnect. */
+  /** Also receive the room's join and leave events (implied by onJoin, onLeave and onPresence); asked again on every reconnect. */
   presence?: boolean;
   /** Called when a member enters the room (this client's own entry too, normally just after the ack). */
   onJoin?: (event: PresenceEvent) => void;
   /** Called when a member leaves the room (it unsubscribed, closed, was cut, or its node drained or died). */
   onLeave?: (event: PresenceEvent) => void;
+  /**
+   * Called with the node's snapshot of the room's members when it may have
+   * missed join and leave events (it lost and regained its broker's
+   * subscription to the room): it replaces the member set; join and leave
+   * events follow it as usual.
+   */
+  onPresence?: (snapshot: Presence) => void;
 }
 
 export interface Receipt {
@@ -157,7 +171,7 @@ export declare class Client {
   ready(): Promise<void>;
   /**
    * Joins room; onMessage gets every message from now on, in order, once, across reconnects.
-   * With presence, the room's join and leave events too (to the handlers and as client events).
+   * With presence, the room's join and leave events and the node's snapshots too (to the handlers and as client events).
    */
   subscribe<T = any>(room: string, onMessage: (message: Message<T>) => void, options?: SubscribeOptions): Promise<Subscription<T>>;
   /** Asks who is in room now, cluster-wide; the client need not be subscribed to it. */

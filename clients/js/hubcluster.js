@@ -20,6 +20,10 @@
 // with {presence: true} also receives the room's join and leave events, and
 // asks for them again on every reconnect; the events of the time the client
 // was disconnected are lost, so ask presence() again once "connected".
+// When the node itself may have missed some (it lost and regained its
+// broker's subscription to the room), it sends the subscription a snapshot
+// of the room's members (onPresence, and the "presence" event), which
+// replaces the application's member set; join and leave go on after it.
 
 export const PROTOCOL_VERSION = '1.1';
 
@@ -47,10 +51,10 @@ export class Subscription {
   constructor(client, room, handler, o) {
     this.room = room;
     // presence: the subscription receives the room's join and leave events.
-    this.presence = !!(o.presence || o.onJoin || o.onLeave);
+    this.presence = !!(o.presence || o.onJoin || o.onLeave || o.onPresence);
     this._c = client;
     this._handler = handler;
-    this._events = { join: o.onJoin, leave: o.onLeave };
+    this._events = { join: o.onJoin, leave: o.onLeave, presence: o.onPresence };
     this._epoch = '';
     this._offset = 0; // the last offset delivered (or the ack's place)
     this._recovering = false;
@@ -374,31 +378,26 @@ export class Client {
       case 'ack':
       case 'presence':
       case 'error': {
-        const req = conn.pending.get(obj.id);
-        if (obj.id !== undefined && req) {
+        // A reply is matched by its id only: a presence object with no id,
+        // or one no request waits for, is the node's snapshot of a room.
+        const req = obj.id !== undefined && conn.pending.get(obj.id);
+        if (req) {
           conn.pending.delete(obj.id);
           if (obj.type !== 'error') req.ack(obj);
           else req.fail(new HubError(obj.code, obj.message, { fromNode: true }));
         } else if (obj.type === 'error') {
           this._emit('error', new HubError(obj.code, obj.message, { fromNode: true }));
+        } else if (obj.type === 'presence' && sub && sub.presence) {
+          const members = (obj.members || []).map((m) => ({ client: m.client, user: m.user || '', node: m.node }));
+          this._event(sub, 'presence', { room: obj.room, count: obj.count ?? members.length, members });
         }
         return;
       }
       case 'join':
-      case 'leave': {
+      case 'leave':
         if (!sub || !sub.presence) return;
-        const ev = { type: obj.type, room: obj.room, client: obj.client, user: obj.user || '', node: obj.node };
-        const fn = sub._events[obj.type];
-        if (fn) {
-          try {
-            fn(ev);
-          } catch (e) {
-            throwLater(e);
-          }
-        }
-        this._emit(obj.type, ev);
+        this._event(sub, obj.type, { type: obj.type, room: obj.room, client: obj.client, user: obj.user || '', node: obj.node });
         return;
-      }
       case 'gap':
         this._emit('gap', { room: obj.room });
         return;
@@ -409,15 +408,33 @@ export class Client {
     }
   }
 
+  // _event hands a presence event (join, leave) or snapshot (presence) of
+  // sub's room to its handler option, then to the client's listeners.
+  _event(sub, type, ev) {
+    const fn = sub._events[type];
+    if (fn) {
+      try {
+        fn(ev);
+      } catch (e) {
+        throwLater(e);
+      }
+    }
+    this._emit(type, ev);
+  }
+
   /**
-   * subscribe(room, onMessage, {presence, onJoin, onLeave}) joins room and
+   * subscribe(room, onMessage, {presence, onJoin, onLeave, onPresence}) joins room and
    * calls onMessage({room, offset, data}) with every message published to it
    * from now on, in order. It resolves with the Subscription once the node
    * has acknowledged it; while disconnected it waits for the connection
-   * (queueTimeout at most). With presence (implied by onJoin or onLeave) the
-   * node also sends the room's join and leave events: onJoin and onLeave get
-   * {type, room, client, user, node}, and the client emits "join" and
-   * "leave".
+   * (queueTimeout at most). With presence (implied by onJoin, onLeave or
+   * onPresence) the node also sends the room's join and leave events: onJoin
+   * and onLeave get {type, room, client, user, node}, and the client emits
+   * "join" and "leave". When the node may have missed some (it lost and
+   * regained its broker's subscription to the room) it sends a snapshot:
+   * onPresence gets {room, count, members} (as presence() resolves with),
+   * the client emits "presence", and the application's member set for the
+   * room is to be replaced by it; join and leave events follow as usual.
    */
   subscribe(room, onMessage, options = {}) {
     if (this._err) return Promise.reject(this._err);

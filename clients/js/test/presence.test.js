@@ -1,9 +1,11 @@
 // Presence against a real node process on the in-memory broker: who is in a
 // room, join and leave for the members that watch it (and only for them),
 // watching again after a reconnect, and an operator's disconnect (4100).
+// The node's unsolicited snapshot (sent after it lost and regained its
+// broker's subscription to a room) against a fake server.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import WebSocket from 'ws';
+import WebSocket, { WebSocketServer } from 'ws';
 import { connect } from '../hubcluster.js';
 import { startNode, waitFor, sleep, once, inbox, token, secret } from './support/hub.js';
 
@@ -247,4 +249,106 @@ test('no reconnect after an operator disconnects the user with 4100', async (t) 
   // Another user's connection is not touched.
   assert.equal(other.state, 'connected');
   assert.equal((await other.publish('r', 'still here')).offset, 1);
+});
+
+// fakeNode is a WebSocket server on loopback that answers every object with
+// what serve(obj, send) sends (send takes one or more objects: one frame,
+// one a line).
+async function fakeNode(t, serve) {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise((resolve) => wss.on('listening', resolve));
+  wss.on('connection', (ws) => {
+    const send = (...objs) => ws.send(objs.map((o) => JSON.stringify(o)).join('\n'));
+    ws.on('message', (data) => serve(JSON.parse(String(data)), send));
+  });
+  t.after(() => new Promise((resolve) => (wss.clients.forEach((ws) => ws.terminate()), wss.close(resolve))));
+  return `ws://127.0.0.1:${wss.address().port}/ws`;
+}
+
+test('a presence snapshot with no id replaces the member set, and answers no request', async (t) => {
+  const mem = (client, user = '') => ({ client, user, node: 'fake' });
+  const [me, ann, ben, cat] = [mem('me.1'), mem('ann.1', 'ann'), mem('ben.1', 'ben'), mem('cat.1', 'cat')];
+  const subscribes = [];
+  const url = await fakeNode(t, (f, send) => {
+    const ack = { type: 'ack', id: f.id, room: f.room, epoch: 'e1', offset: 0 };
+    if (f.type === 'subscribe') {
+      subscribes.push(f);
+      if (f.room === 'r') {
+        send(ack, { type: 'join', room: 'r', ...me });
+        // As after a lost and regained broker subscription: the snapshot,
+        // then the usual events, in one frame.
+        send(
+          { type: 'presence', room: 'r', count: 3, members: [me, ann, ben] },
+          { type: 'leave', room: 'r', ...ben },
+          { type: 'join', room: 'r', ...cat },
+        );
+      } else if (f.room === 's') {
+        // An id no request waits for: a snapshot all the same.
+        send(ack, { type: 'presence', id: 'c999', room: 's', count: 1500, members: [ann] });
+      } else {
+        // A room subscribed without presence: nothing to deliver.
+        send(ack, { type: 'presence', room: f.room, count: 1, members: [me] });
+      }
+    } else if (f.type === 'presence') {
+      // An unsolicited snapshot right before the reply: the reply is the
+      // one with the request's id.
+      send({ type: 'presence', room: f.room, count: 1, members: [me] });
+      send({ type: 'presence', id: f.id, room: f.room, count: 2, members: [me, cat] });
+    } else {
+      send({ type: 'ack', id: f.id });
+    }
+  });
+  const c = client(t, url);
+  const handled = []; // what the handler options got, in order
+  const snapshots = []; // the client's presence events
+  c.on('presence', (p) => snapshots.push(p));
+  const members = new Map(); // as the README keeps it
+  const sub = await c.subscribe('r', () => {}, {
+    onJoin: (e) => (handled.push(e), members.set(e.client, e)),
+    onLeave: (e) => (handled.push(e), members.delete(e.client)),
+    onPresence: (p) => (handled.push(p), members.clear(), p.members.forEach((m) => members.set(m.client, m))),
+  });
+  assert.equal(sub.presence, true);
+  await waitFor(() => handled.length >= 4, () => `four events (got ${JSON.stringify(handled)})`);
+  assert.deepEqual(handled, [
+    { type: 'join', room: 'r', ...me },
+    { room: 'r', count: 3, members: [me, ann, ben] },
+    { type: 'leave', room: 'r', ...ben },
+    { type: 'join', room: 'r', ...cat },
+  ]);
+  assert.deepEqual([...members.keys()], [me.client, ann.client, cat.client]);
+  assert.deepEqual(snapshots, [{ room: 'r', count: 3, members: [me, ann, ben] }]);
+
+  // onPresence alone turns presence on.
+  const onlySnapshots = [];
+  const s = await c.subscribe('s', () => {}, { onPresence: (p) => onlySnapshots.push(p) });
+  assert.equal(s.presence, true);
+  await waitFor(() => onlySnapshots.length === 1, 'the snapshot of s');
+  assert.deepEqual(onlySnapshots, [{ room: 's', count: 1500, members: [ann] }]);
+  assert.deepEqual(subscribes.map((f) => [f.room, f.presence]), [
+    ['r', true],
+    ['s', true],
+  ]);
+
+  // Without presence, a snapshot is not delivered.
+  const plain = await c.subscribe('plain', () => {});
+  assert.equal(plain.presence, false);
+  assert.equal('presence' in subscribes[2], false);
+
+  // The reply goes to presence(); the snapshot before it to the handlers.
+  const p = await c.presence('r');
+  assert.deepEqual(p, { room: 'r', count: 2, members: [me, cat] });
+  await waitFor(() => handled.length >= 5, 'the snapshot sent before the reply');
+  assert.deepEqual(handled[4], { room: 'r', count: 1, members: [me] });
+  assert.deepEqual([...members.keys()], [me.client]);
+  assert.deepEqual(
+    snapshots.map((x) => [x.room, x.count]),
+    [
+      ['r', 3],
+      ['s', 1500],
+      ['r', 1],
+    ],
+    'every snapshot is a client event, and none of the room without presence',
+  );
+  assert.equal(c.state, 'connected');
 });

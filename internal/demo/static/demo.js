@@ -78,6 +78,17 @@ client.on('unsubscribed', ({ room, code }) => {
   drop(room);
 });
 client.on('error', (e) => notice(`${e.code}: ${e.message}`, 'warn'));
+// The node's snapshot of a room's members, sent when it may have missed
+// join and leave events (it lost and regained its broker's subscription to
+// the room): it replaces the member list; the events after it apply to it.
+client.on('presence', ({ room, members: list }) => {
+  const r = rooms.get(room);
+  if (!r) return;
+  r.asked++; // an answer still on its way would be older than the snapshot
+  r.events = null;
+  r.members = new Map(list.map((m) => [m.client, m]));
+  if (room === current) people();
+});
 
 // whoami asks the node the page is connected to for its id.
 async function whoami() {

@@ -31,6 +31,7 @@ hub.on('closed', ({ error }) => error.closeCode);
 hub.on('error', (e: HubError) => e.code);
 hub.on('join', ({ type, room, client, user, node }) => console.log(type === 'join', room, client, user, node));
 hub.on('leave', (ev: PresenceEvent) => ev.client);
+hub.on('presence', ({ room, count, members }: Presence) => console.log(room, count, members.map((m) => m.client)));
 const s: State = hub.state;
 
 interface Chat {
@@ -53,7 +54,12 @@ async function main(): Promise<void> {
     presence: true,
     onJoin: (m) => members.set(m.client, m),
     onLeave: ({ client }) => members.delete(client),
+    onPresence: (snap) => {
+      members.clear();
+      for (const m of snap.members) members.set(m.client, m);
+    },
   });
+  await hub.subscribe('lobby:4', () => {}, { onPresence: ({ count }) => count.toFixed() });
   const p: Presence = await hub.presence(watched.room);
   console.log(watched.presence, p.count, p.members.map((m) => m.user || m.client), p.room);
   await hub.subscribe('lobby:3', () => {}, { onLeave: (ev) => ev.node });
