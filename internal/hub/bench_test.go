@@ -21,7 +21,7 @@ import (
 func BenchmarkBroadcast(b *testing.B) {
 	for _, members := range []int{10, 100, 1000} {
 		b.Run(fmt.Sprintf("members=%d", members), func(b *testing.B) {
-			h, err := New(Config{NodeID: "bench", SendQueue: 1 << 16, PingInterval: -1}, pubsub.NewMemory(pubsub.MemoryConfig{}))
+			h, err := New(Config{NodeID: "bench", SendQueue: 1 << 16, SendQueueBytes: 1 << 30, PingInterval: -1}, pubsub.NewMemory(pubsub.MemoryConfig{}))
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -66,6 +66,9 @@ func BenchmarkBroadcast(b *testing.B) {
 			}
 			want := int64(b.N) * int64(members)
 			for received.Load() < want {
+				if h.Clients() < members {
+					b.Fatalf("a member was cut: %d of %d connected, %d of %d delivered", h.Clients(), members, received.Load(), want)
+				}
 				runtime.Gosched()
 			}
 			b.StopTimer()
@@ -88,7 +91,7 @@ func BenchmarkBroadcast(b *testing.B) {
 func BenchmarkBroadcastHandoff(b *testing.B) {
 	for _, members := range []int{100, 1000} {
 		b.Run(fmt.Sprintf("members=%d", members), func(b *testing.B) {
-			h, err := New(Config{NodeID: "bench", SendQueue: 1 << 20, PingInterval: -1}, pubsub.NewMemory(pubsub.MemoryConfig{}))
+			h, err := New(Config{NodeID: "bench", SendQueue: 1 << 20, SendQueueBytes: 1 << 30, PingInterval: -1}, pubsub.NewMemory(pubsub.MemoryConfig{}))
 			if err != nil {
 				b.Fatal(err)
 			}
