@@ -215,6 +215,9 @@ type Hub struct {
 	// seq numbers the clients, for their ids in the cluster.
 	seq atomic.Uint64
 
+	presMu    sync.Mutex
+	presReads map[string]*presenceRead // shared presence reads, by room
+
 	// behind counts the clients with more than SendQueue messages waiting.
 	behind atomic.Int64
 
@@ -273,6 +276,7 @@ func New(cfg Config, broker Broker) (*Hub, error) {
 		empty:        make(chan struct{}),
 		stopped:      make(chan struct{}),
 		shutdownDone: make(chan struct{}),
+		presReads:    make(map[string]*presenceRead),
 	}
 	m, err := newMetrics(cfg.Registerer, func() float64 { return float64(h.behind.Load()) })
 	if err != nil {

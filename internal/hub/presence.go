@@ -256,15 +256,64 @@ func (c *Client) handlePresence(req wire.Request, inDispatch bool) {
 	})
 }
 
+// presenceReuse is how long a presence read that ended serves the requests
+// for its room that come after it.
+const presenceReuse = 100 * time.Millisecond
+
+// presenceRead is one read of a room's presence, shared by every request
+// for the room while it is in flight and for presenceReuse after.
+type presenceRead struct {
+	done    chan struct{}
+	at      time.Time // set before done is closed, like the rest
+	count   int
+	members []pubsub.Member
+	err     error
+}
+
 // PresenceOf returns how many members room has in the cluster, and at most
-// the presence limit of them.
+// the presence limit of them. Requests for one room share reads: a flood
+// of presence requests costs the broker at most one read of the room per
+// round trip and per presenceReuse, whatever the number of requests.
 func (h *Hub) PresenceOf(ctx context.Context, room string) (int, []pubsub.Member, error) {
 	if h.cfg.Presence == nil {
 		return 0, nil, ErrNoPresence
 	}
-	ctx, cancel := context.WithTimeout(ctx, h.cfg.BrokerTimeout)
-	defer cancel()
-	return h.cfg.Presence.Members(ctx, room, h.cfg.PresenceLimit)
+	h.presMu.Lock()
+	pr := h.presReads[room]
+	if pr != nil {
+		select {
+		case <-pr.done:
+			if pr.err != nil || time.Since(pr.at) > presenceReuse {
+				pr = nil
+			}
+		default:
+		}
+	}
+	if pr == nil {
+		pr = &presenceRead{done: make(chan struct{})}
+		h.presReads[room] = pr
+		h.work.Go(func() {
+			rctx, cancel := context.WithTimeout(h.ctx, h.cfg.BrokerTimeout)
+			pr.count, pr.members, pr.err = h.cfg.Presence.Members(rctx, room, h.cfg.PresenceLimit)
+			cancel()
+			pr.at = time.Now()
+			close(pr.done)
+			time.AfterFunc(presenceReuse, func() {
+				h.presMu.Lock()
+				if h.presReads[room] == pr {
+					delete(h.presReads, room)
+				}
+				h.presMu.Unlock()
+			})
+		})
+	}
+	h.presMu.Unlock()
+	select {
+	case <-pr.done:
+		return pr.count, pr.members, pr.err
+	case <-ctx.Done():
+		return 0, nil, fmt.Errorf("hub: presence of %q: %w", room, ctx.Err())
+	}
 }
 
 // Nodes returns the cluster's live nodes.

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -136,9 +137,9 @@ func TestOperatorCommandsActOnAUsersConnections(t *testing.T) {
 				t.Fatalf("close reason: got %q, want banned", ce.Reason)
 			}
 		}
-		count, _, err := n.hub.PresenceOf(context.Background(), "chat:a")
 		synctest.Wait()
-		count, _, err = n.hub.PresenceOf(context.Background(), "chat:a")
+		time.Sleep(presenceReuse) // the read shared with the request above has expired
+		count, _, err := n.hub.PresenceOf(context.Background(), "chat:a")
 		if err != nil || count != 0 {
 			t.Fatalf("presence after both commands: got %d (%v), want 0", count, err)
 		}
@@ -173,4 +174,55 @@ func TestPresenceSnapshotAfterResync(t *testing.T) {
 		}
 		checkObject(t, plain.next(&pp), map[string]any{"type": "message", "data": "m"})
 	})
+}
+
+// A flood of presence requests for one room costs the store one read per
+// round trip and per presenceReuse, not one per request.
+func TestPresenceRequestsShareReads(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		broker := &countingPresence{Memory: pubsub.NewMemory(pubsub.MemoryConfig{})}
+		h, err := New(Config{NodeID: "n", Presence: broker}, broker)
+		if err != nil {
+			t.Fatal(err)
+		}
+		broker.Join("r", pubsub.Member{Client: "c1"})
+		var wg sync.WaitGroup
+		for range 100 {
+			wg.Go(func() {
+				if n, _, err := h.PresenceOf(context.Background(), "r"); err != nil || n != 1 {
+					t.Errorf("PresenceOf: got %d, %v; want 1", n, err)
+				}
+			})
+		}
+		wg.Wait()
+		if got := broker.reads.Load(); got != 1 {
+			t.Fatalf("store reads for 100 concurrent requests: got %d, want 1", got)
+		}
+		broker.Join("r", pubsub.Member{Client: "c2"})
+		time.Sleep(presenceReuse + time.Millisecond)
+		if n, _, _ := h.PresenceOf(context.Background(), "r"); n != 2 {
+			t.Fatalf("after the reuse window: got %d members, want 2 (a fresh read)", n)
+		}
+		if got := broker.reads.Load(); got != 2 {
+			t.Fatalf("store reads: got %d, want 2", got)
+		}
+		time.Sleep(time.Second) // the shared read's cleanup timer fires
+		h.presMu.Lock()
+		left := len(h.presReads)
+		h.presMu.Unlock()
+		if left != 0 {
+			t.Fatalf("shared reads kept after their window: %d, want 0", left)
+		}
+	})
+}
+
+type countingPresence struct {
+	*pubsub.Memory
+	reads atomic.Int64
+}
+
+func (c *countingPresence) Members(ctx context.Context, room string, limit int) (int, []pubsub.Member, error) {
+	c.reads.Add(1)
+	time.Sleep(time.Millisecond) // a round trip: the requests overlap it
+	return c.Memory.Members(ctx, room, limit)
 }
