@@ -40,11 +40,16 @@ func (c *Client) clientID() string {
 
 // presenceMember returns c's presence entry.
 func (c *Client) presenceMember() pubsub.Member {
-	m := pubsub.Member{Client: c.clientID(), Node: c.hub.cfg.NodeID}
-	if g := c.guard.currentGrant(); g != nil {
-		m.User = g.Subject
+	return pubsub.Member{Client: c.clientID(), User: c.user(), Node: c.hub.cfg.NodeID}
+}
+
+// wireMembers converts presence entries for the wire.
+func wireMembers(members []pubsub.Member) []wire.Member {
+	ms := make([]wire.Member, len(members))
+	for i, m := range members {
+		ms[i] = wire.Member(m)
 	}
-	return m
+	return ms
 }
 
 // user returns the token subject of c, or "".
@@ -163,11 +168,7 @@ func (r *room) fetchPresence() {
 			return
 		}
 		if err == nil {
-			ms := make([]wire.Member, len(members))
-			for i, m := range members {
-				ms[i] = wire.Member(m)
-			}
-			r.sendWatchersLocked(wire.AppendPresence(nil, nil, r.name, count, ms))
+			r.sendWatchersLocked(wire.AppendPresence(nil, nil, r.name, count, wireMembers(members)))
 			for _, frame := range r.presHeld {
 				r.sendWatchersLocked(frame)
 			}
@@ -224,11 +225,7 @@ func (c *Client) presence(req wire.Request) {
 		}
 		return
 	}
-	ms := make([]wire.Member, len(members))
-	for i, m := range members {
-		ms[i] = wire.Member(m)
-	}
-	c.send(wire.AppendPresence(nil, req.ID, req.Room, count, ms))
+	c.send(wire.AppendPresence(nil, req.ID, req.Room, count, wireMembers(members)))
 }
 
 // handlePresence checks a presence request and answers it off the read

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -179,14 +178,10 @@ var presenceScripts = []*redis.Script{joinScript, leaveScript, purgeScript, read
 
 // Sharded versions publish with SPUBLISH (cluster mode).
 var (
-	joinScriptSharded  = shardedScriptAll(joinSource)
-	leaveScriptSharded = shardedScriptAll(leaveSource)
-	purgeScriptSharded = shardedScriptAll(purgeSource)
+	joinScriptSharded  = shardedScript(joinSource)
+	leaveScriptSharded = shardedScript(leaveSource)
+	purgeScriptSharded = shardedScript(purgeSource)
 )
-
-func shardedScriptAll(src string) *redis.Script {
-	return redis.NewScript(strings.ReplaceAll(src, "redis.call('PUBLISH'", "redis.call('SPUBLISH'"))
-}
 
 // redisPresence is the Redis broker's presence state: what this process
 // wants Redis to hold (its own entries and watches), what Redis holds as
@@ -369,7 +364,6 @@ type presWrite struct {
 	leaves               []string
 	watchOn, watchOff    bool
 	list, unlist         bool
-	cmds                 []*redis.Cmd
 	joinCmd, leaveCmd    *redis.Cmd
 	listCmd, unlistCmd   *redis.Cmd
 	watchCmd, unwatchCmd *redis.Cmd
@@ -563,7 +557,7 @@ func (r *Redis) presenceReady() error {
 // heartbeatLoop writes this process's heartbeat each second, keeps the
 // cluster view, announces this process's presence again when Redis no
 // longer knew it, and cleans up after dead processes.
-func (r *Redis) heartbeatLoop(ctx context.Context, sink Sink) {
+func (r *Redis) heartbeatLoop(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	t := time.NewTicker(time.Second)
@@ -611,7 +605,6 @@ func (r *Redis) heartbeat(ctx context.Context, started time.Time, wg *sync.WaitG
 		r.log.Warn("presence: this node was missing from the cluster view (Redis lost its data, or the node was cut off past HUB_NODE_TIMEOUT): announcing its entries again")
 		r.announceAll()
 	}
-	r.pres.beaten.Store(true)
 	infos, _ := v[1].([]any)
 	r.view.set(parseInfos(infos))
 	dead, _ := v[2].([]any)

@@ -608,7 +608,7 @@ func (r *Redis) Run(ctx context.Context, sink Sink) error {
 	r.want(controlRoom, true) // operators' commands, from any node
 	wg.Go(func() { r.commandLoop(ctx, r.pubQ, true) })
 	wg.Go(func() { r.presenceLoop(ctx) })
-	wg.Go(func() { r.heartbeatLoop(ctx, sink) })
+	wg.Go(func() { r.heartbeatLoop(ctx) })
 	wg.Go(func() { r.commandLoop(ctx, r.readQ, false) })
 	if r.fencing {
 		wg.Go(func() { r.fenceLoop(ctx, sink) })

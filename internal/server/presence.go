@@ -44,9 +44,7 @@ func (s *Server) routePresence() {
 // hub that serves presence.
 func (s *Server) api(next func(w http.ResponseWriter, r *http.Request, h presenceHub)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if s.cfg.APIKey != "" && !s.authorized(r) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="hubcluster"`)
-			writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer key")
+		if !s.keyOK(w, r) {
 			return
 		}
 		h, ok := s.hub.(presenceHub)

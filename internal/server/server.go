@@ -383,9 +383,7 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, wire.CodeForbidden, "origin not allowed")
 		return
 	}
-	if s.cfg.APIKey != "" && !s.authorized(r) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="hubcluster"`)
-		writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer key")
+	if !s.keyOK(w, r) {
 		return
 	}
 	if !isJSON(r.Header) {
@@ -443,9 +441,7 @@ type historyMessage struct {
 // serveHistory answers GET /v1/history?room=R&since=N&limit=L: the room's
 // stored messages after offset N, oldest first.
 func (s *Server) serveHistory(w http.ResponseWriter, r *http.Request) {
-	if s.cfg.APIKey != "" && !s.authorized(r) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="hubcluster"`)
-		writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer key")
+	if !s.keyOK(w, r) {
 		return
 	}
 	q := r.URL.Query()
@@ -499,6 +495,17 @@ func isJSON(h http.Header) bool {
 	}
 	mt, _, err := mime.ParseMediaType(v[0])
 	return err == nil && mt == "application/json"
+}
+
+// keyOK reports whether r carries the bearer key when one is set, and
+// answers 401 when it does not.
+func (s *Server) keyOK(w http.ResponseWriter, r *http.Request) bool {
+	if s.cfg.APIKey == "" || s.authorized(r) {
+		return true
+	}
+	w.Header().Set("WWW-Authenticate", `Bearer realm="hubcluster"`)
+	writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer key")
+	return false
 }
 
 func (s *Server) authorized(r *http.Request) bool {
