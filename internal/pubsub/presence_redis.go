@@ -601,7 +601,10 @@ func (r *Redis) heartbeat(ctx context.Context, started time.Time, wg *sync.WaitG
 		return
 	}
 	r.pres.beat.Store(time.Now().UnixNano())
-	if known, _ := v[0].(int64); known == 0 && r.pres.beaten.Swap(true) {
+	// Missing from the view after a heartbeat of ours was written: Redis
+	// lost it, or the others took this process for dead.
+	wroteBefore := r.pres.beaten.Swap(true)
+	if known, _ := v[0].(int64); known == 0 && wroteBefore {
 		r.log.Warn("presence: this node was missing from the cluster view (Redis lost its data, or the node was cut off past HUB_NODE_TIMEOUT): announcing its entries again")
 		r.announceAll()
 	}
