@@ -295,3 +295,23 @@ func TestMemoryPresence(t *testing.T) {
 		t.Fatal("command not delivered")
 	}
 }
+
+// A process whose origin is still in the cluster view (one before it with
+// the same origin stopped without leaving) becomes ready all the same.
+func TestRedisReadyWithItsOriginAlreadyInTheView(t *testing.T) {
+	addr := hubtest.RedisServer(t)
+	first, err := NewRedis(RedisConfig{URL: "redis://" + addr, NodeID: "same", Prefix: "po:"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { first.Run(ctx, newPresenceRecorder()); close(done) }()
+	if !hubtest.Poll(10*time.Second, func() bool { return first.Ready() == nil }) {
+		t.Fatalf("first broker not ready: %v", first.Ready())
+	}
+	cancel()
+	<-done
+	first.Close() // no LeaveCluster: its heartbeat stays in the view
+	runBroker(t, addr, "same", "po:", newPresenceRecorder()) // fails the test unless ready
+}
