@@ -312,6 +312,6 @@ func TestRedisReadyWithItsOriginAlreadyInTheView(t *testing.T) {
 	}
 	cancel()
 	<-done
-	first.Close() // no LeaveCluster: its heartbeat stays in the view
+	first.Close()                                            // no LeaveCluster: its heartbeat stays in the view
 	runBroker(t, addr, "same", "po:", newPresenceRecorder()) // fails the test unless ready
 }
